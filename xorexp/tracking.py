@@ -1,0 +1,229 @@
+"""Everything xorexp writes to MLflow. The only module that talks to MLflow about runs.
+
+Calls go through ``MlflowClient`` with explicit run ids (never the fluent active-run stack), traces
+go in ``log_batch`` calls, and no non-finite number is ever logged as a metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from xorexp.data import X, Y
+from xorexp.train import RunResult, RunSpec
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "mlflow.db"
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+TAG_OUTCOME = "xorexp.outcome"
+TAG_HASH = "xorexp.config_hash"
+TAG_OVERRIDES = "xorexp.overrides"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def resolve_uri(uri: str | None, launch_dir: str | Path) -> str:
+    """The tracking URI to use: null means ``sqlite:///<launch_dir>/mlflow.db``.
+
+    A relative sqlite path is made absolute against ``launch_dir``, so no job directory or
+    worker process can ever change where runs go.
+    """
+    launch_dir = Path(launch_dir).resolve()
+    if uri is None:
+        return f"sqlite:///{launch_dir / DB_NAME}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{launch_dir / uri[len('sqlite:///') :]}"
+    return uri
+
+
+def config_hash(spec: RunSpec) -> str:
+    """Stable hash of the values that shape a run's numbers."""
+    canonical = json.dumps(result_params(spec), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def result_params(spec: RunSpec) -> dict[str, str]:
+    """The run's result-shaping values as MLflow params (strings that round-trip exactly)."""
+    return {
+        "hidden_units": str(spec.hidden_units),
+        "lr": repr(spec.lr),
+        "iterations": str(spec.iterations),
+        "seed": str(spec.seed),
+        "trace_every": str(spec.trace_every),
+        "stop_loss": "null" if spec.stop_loss is None else repr(spec.stop_loss),
+    }
+
+
+def spec_from_params(params: Mapping[str, str]) -> RunSpec:
+    """Inverse of ``result_params``."""
+    stop = params["stop_loss"]
+    return RunSpec(
+        hidden_units=int(params["hidden_units"]),
+        lr=float(params["lr"]),
+        iterations=int(params["iterations"]),
+        seed=int(params["seed"]),
+        trace_every=int(params["trace_every"]),
+        stop_loss=None if stop in ("null", "None") else float(stop),
+    )
+
+
+def run_name(spec: RunSpec) -> str:
+    return f"h{spec.hidden_units}-lr{spec.lr:g}-s{spec.seed}"
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """Commit of the checkout xorexp runs from, or None outside a git checkout."""
+    if not (PROJECT_DIR / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def predictions_document(result: RunResult) -> dict:
+    """Content of predictions.json; Python's float repr round-trips exactly, non-finite -> null."""
+    return {
+        "inputs": X.T.tolist(),
+        "targets": Y[0].tolist(),
+        "predictions": [finite_or_none(v) for v in result.predictions],
+        "outcome": result.outcome,
+        "final_loss": finite_or_none(result.final_loss),
+    }
+
+
+@dataclass
+class Store:
+    """An opened tracking store and the experiment runs go to."""
+
+    uri: str
+    experiment_id: str
+    client: MlflowClient
+
+
+def open_store(uri: str, experiment: str) -> Store:
+    """Open (creating and migrating if new) the store and the experiment. Call once per launch."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return Store(uri, found.experiment_id, client)
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        db_dir = Path(uri[len("sqlite:///") :]).parent
+        artifact_location = (db_dir / "mlartifacts" / _safe_name(experiment)).as_uri()
+    try:
+        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    except Exception:  # created meanwhile by another process
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        experiment_id = found.experiment_id
+    return Store(uri, experiment_id, client)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
+
+
+def run_metrics(result: RunResult, timestamp_ms: int) -> list[Metric]:
+    """The loss trace plus summary metrics, finite values only."""
+    metrics = [
+        Metric("loss", float(v), timestamp_ms, int(s))
+        for s, v in zip(result.trace_steps, result.loss_trace, strict=True)
+        if math.isfinite(v)
+    ]
+    summary = {"final_loss": result.final_loss, "accuracy": result.accuracy, "steps": float(result.steps)}
+    if result.solved_at is not None:
+        summary["solved_at"] = float(result.solved_at)
+    metrics += [Metric(k, float(v), timestamp_ms, 0) for k, v in summary.items() if math.isfinite(v)]
+    return metrics
+
+
+def log_result(
+    store: Store,
+    result: RunResult,
+    *,
+    tags: Mapping[str, str] | None = None,
+    figures: Mapping[str, Figure] | None = None,
+    files: Mapping[str, str] | None = None,
+    dirs: Mapping[str, Path] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Log one finished run as a FINISHED MLflow run; returns its run id.
+
+    ``figures`` and ``files`` map artifact paths to a Figure or a text; ``dirs`` maps an artifact
+    folder to a local folder whose files are copied as they are (e.g. Hydra's ``.hydra``).
+    """
+    client = store.client
+    spec = result.spec
+    all_tags = {
+        TAG_OUTCOME: result.outcome,
+        TAG_HASH: config_hash(spec),
+        **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
+        **({TAG_PARENT: parent_run_id} if parent_run_id else {}),
+        **(tags or {}),
+    }
+    run = client.create_run(store.experiment_id, run_name=run_name(spec), tags=all_tags)
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        params = [Param(k, v) for k, v in result_params(spec).items()]
+        metrics = run_metrics(result, now)
+        client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params)
+        for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
+            client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+        with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
+            root = Path(tmp)
+            documents = {"predictions.json": json.dumps(predictions_document(result), indent=1)}
+            for rel, text in {**documents, **(files or {})}.items():
+                _write(root / rel, text)
+            for rel, fig in (figures or {}).items():
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(root / rel)
+            for rel, local in (dirs or {}).items():
+                if Path(local).is_dir():
+                    shutil.copytree(local, root / rel, dirs_exist_ok=True)
+            client.log_artifacts(run_id, str(root))
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run_id
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def loss_history(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a run's logged loss trace, in step order."""
+    history = store.client.get_metric_history(run_id, "loss")
+    history.sort(key=lambda m: m.step)
+    return np.array([m.step for m in history]), np.array([m.value for m in history])
