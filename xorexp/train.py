@@ -143,8 +143,8 @@ def _forward(p: nn.Layers, b: _Buffers) -> None:
     nn.sigmoid(b.yhat, out=b.yhat)
 
 
-def _backward_and_update(block: np.ndarray, p: nn.Layers, lr: np.ndarray, b: _Buffers) -> None:
-    """Gradients of the spec (hand-written backprop), then ``block -= lr * grads``."""
+def _backward(p: nn.Layers, b: _Buffers) -> None:
+    """Gradients of the spec (hand-written backprop) into ``b.grads``, after ``_forward``."""
     g, hidden, t, d, dz2 = b.g, b.z, b.t_n, b.d_n, b.dz2_n
     np.subtract(b.yhat, _Y_COL, out=b.dz2)
     b.dz2 /= N_SAMPLES  # dZ2 (4, R)
@@ -165,8 +165,24 @@ def _backward_and_update(block: np.ndarray, p: nn.Layers, lr: np.ndarray, b: _Bu
     np.add(d[0], d[1], out=db1)  # dB1 (h, R)
     db1 += d[2]
     db1 += d[3]
+
+
+def _update(block: np.ndarray, lr: np.ndarray, b: _Buffers) -> None:
+    """block -= lr * grads, per run."""
     b.grads *= lr
     block -= b.grads
+
+
+def gradients(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Loss (R,) and gradient block (4h + 1, R) on XOR at ``block``, from the engine's own code."""
+    h = (block.shape[0] - 1) // 4
+    bufs = _Buffers(h, block.shape[1])
+    work = np.array(block, dtype=float, order="C")
+    p = nn.layers(work)
+    _forward(p, bufs)
+    loss = nn.bce_loss(bufs.yhat, _Y)
+    _backward(p, bufs)
+    return loss, bufs.grads
 
 
 def _train_batch(specs: Sequence[RunSpec]) -> list[RunResult]:
@@ -218,7 +234,8 @@ def _train_batch(specs: Sequence[RunSpec]) -> list[RunResult]:
                     if not len(active):
                         break
                     _forward(p, bufs)
-            _backward_and_update(block, p, lr, bufs)
+            _backward(p, bufs)
+            _update(block, lr, bufs)
             done = iterations[active] == step + 1
             if done.any():
                 retire(done, step + 1)

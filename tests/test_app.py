@@ -1,0 +1,129 @@
+"""End to end: the real CLI in a subprocess, writing a real sqlite store under tmp_path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_artifact_json, run_cli, runs_of
+from xorexp import tracking
+from xorexp.train import RunSpec, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_single_run_follows_the_tracking_contract(tmp_path, client_for):
+    proc = run_cli(tmp_path, "iterations=2000", "seed=3", "lr=0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mlflow.db").is_file()
+    [run] = runs_of(tmp_path)
+    client = client_for(tmp_path)
+    [expected] = train([RunSpec(iterations=2000, seed=3, lr=0.5)])
+
+    assert run.info.status == "FINISHED" and run.info.run_name == "h2-lr0.5-s3"
+    assert run.data.params == {
+        "hidden_units": "2", "lr": "0.5", "iterations": "2000", "seed": "3", "trace_every": "100",
+        "stop_loss": "null",
+    }
+    tags = run.data.tags
+    assert tags["xorexp.outcome"] == expected.outcome
+    assert tags["xorexp.config_hash"] == tracking.config_hash(expected.spec)
+    assert tags["xorexp.overrides"] == "iterations=2000 seed=3 lr=0.5"
+    assert "mlflow.parentRunId" not in tags
+
+    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(0, 2000, 100))
+    assert np.array([m.value for m in history]).tobytes() == expected.loss_trace.tobytes()
+    assert run.data.metrics["final_loss"] == expected.final_loss
+    assert run.data.metrics["accuracy"] == expected.accuracy
+
+    doc = read_artifact_json(tmp_path, run.info.run_id, "predictions.json")
+    assert doc["inputs"] == [[0, 0], [0, 1], [1, 0], [1, 1]] and doc["targets"] == [0, 1, 1, 0]
+    assert np.array(doc["predictions"]).tobytes() == expected.predictions.tobytes()
+
+    names = _artifact_paths(client, run.info.run_id)
+    for path in ("predictions.json", "config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml",
+                 ".hydra/hydra.yaml", "plots/learning_curve.png", "plots/decision_boundary.png"):
+        assert path in names
+    png = client.download_artifacts(run.info.run_id, "plots/learning_curve.png", str(tmp_path))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_default_run_reproduces_the_spec_reference_run(tmp_path):
+    proc = run_cli(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [run] = runs_of(tmp_path)
+    doc = read_artifact_json(tmp_path, run.info.run_id, "predictions.json")
+    want = [6.216205510610014e-04, 4.998461114142931e-01, 9.995916117465786e-01, 5.001965684028389e-01]
+    np.testing.assert_allclose(doc["predictions"], want, rtol=0, atol=1e-12)
+    assert run.data.tags["xorexp.outcome"] == "stuck"
+    assert run.data.params["iterations"] == "150000"
+
+
+def test_multirun_makes_one_run_per_learning_rate(tmp_path):
+    proc = run_cli(tmp_path, "-m", "lr=0.01,0.1,1", "iterations=500")
+    assert proc.returncode == 0, proc.stderr
+    runs = runs_of(tmp_path)
+    assert sorted(r.data.params["lr"] for r in runs) == ["0.01", "0.1", "1.0"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("lr=-1", "lr"), ("lr=abc", "lr"), ("lr=inf", "lr"), ("hidden_units=0", "hidden_units"),
+     ("hidden_units=2.5", "hidden_units"), ("iterations=0", "iterations"), ("seed=4294967296", "seed"),
+     ("seed=-3", "seed"), ("trace_every=0", "trace_every"), ("stop_loss=0", "stop_loss")],
+)
+def test_bad_value_gives_one_line_and_touches_no_store(tmp_path, override, key):
+    proc = run_cli(tmp_path, override)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("xorexp: invalid config: ") and f"{key} must be" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_value_anywhere_in_a_sweep_stops_it_before_any_run(tmp_path):
+    proc = run_cli(tmp_path, "-m", "lr=0.1,1,-2", "seed=1,2", "iterations=100")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["xorexp: invalid sweep: lr=-2 is not allowed: lr must be a finite number > 0"]
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("*.log"))
+
+
+def test_diverged_run_is_recorded_and_no_metric_is_non_finite(tmp_path, client_for):
+    proc = run_cli(tmp_path, "lr=1000", "seed=0", "iterations=3000")
+    assert proc.returncode == 0, proc.stderr
+    [run] = runs_of(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["xorexp.outcome"] == "diverged"
+    assert "final_loss" not in run.data.metrics  # it is +inf: not logged
+    client = client_for(tmp_path)
+    for key in run.data.metrics:
+        assert all(math.isfinite(m.value) for m in client.get_metric_history(run.info.run_id, key))
+    doc = read_artifact_json(tmp_path, run.info.run_id, "predictions.json")
+    assert doc["outcome"] == "diverged" and doc["final_loss"] is None
+
+
+def test_explicit_relative_sqlite_uri_and_experiment(tmp_path):
+    proc = run_cli(tmp_path, "iterations=100", "tracking.uri=sqlite:///other.db", "tracking.experiment=mine")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "other.db").is_file() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_help_and_cfg_job(tmp_path):
+    helped = run_cli(tmp_path, "--help")
+    assert helped.returncode == 0 and "python -m xorexp -m lr=0.01,0.1,1" in helped.stdout
+    cfg = run_cli(tmp_path, "--cfg", "job", "lr=0.5")
+    assert cfg.returncode == 0 and "lr: 0.5" in cfg.stdout and "hidden_units: 2" in cfg.stdout
+    assert not (tmp_path / "mlflow.db").exists()
