@@ -28,6 +28,7 @@ class TrackingConf:
     uri: Any = None  # null: sqlite file mlflow.db in the directory the command was launched from
     experiment: str = "xorexp"
     skip_finished: bool = False  # reuse a FINISHED run with the same config hash instead of training
+    trial: Any = None  # set by a search sweeper: the trial number, logged as tag xorexp.trial
 
 
 @dataclass

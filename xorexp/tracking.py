@@ -217,6 +217,30 @@ def log_result(
     return run_id
 
 
+def log_to_run(
+    store: Store,
+    run_id: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> None:
+    """Add params, finite metrics, tags and text files to an existing run (e.g. a sweep's parent)."""
+    now = int(time.time() * 1000)
+    store.client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(v)],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
+    if files:
+        with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
+            for rel, text in files.items():
+                _write(Path(tmp) / rel, text)
+            store.client.log_artifacts(run_id, tmp)
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
