@@ -12,6 +12,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
 from xorexp.train import RULES, RunSpec, check_value
@@ -64,22 +65,49 @@ def check_tracking(cfg: DictConfig) -> None:
         raise ConfigError(f"invalid config: tracking.experiment={experiment!r}: must be a non-empty name")
 
 
-def check_sweep(cfg: DictConfig, task_overrides: list[str]) -> None:
+def sweep_overrides(cfg: DictConfig) -> list[Override]:
+    """The sweep's overrides: the sweeper's ``params`` from config, then the command line's."""
+    params = cfg.hydra.sweeper.get("params") or {}
+    texts = [f"{key}={value}" for key, value in params.items()] + list(cfg.hydra.overrides.task)
+    return OverridesParser.create().parse_overrides(texts)
+
+
+def swept_values(cfg: DictConfig) -> dict[str, list[Any]]:
+    """Per swept key, the values a sweep can give it (an interval: its two ends)."""
+    swept: dict[str, list[Any]] = {}
+    for override in sweep_overrides(cfg):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            swept.pop(key, None)  # a fixed value on the command line replaces a sweep from config
+        elif override.is_interval_sweep():
+            interval = override.value()
+            swept[key] = [interval.start, interval.end]
+        else:
+            swept[key] = list(override.sweep_iterator())
+    return swept
+
+
+def count_jobs(cfg: DictConfig) -> int | None:
+    """Jobs a sweep will run: the sweeper's n_trials, or the size of the grid."""
+    n_trials = cfg.hydra.sweeper.get("n_trials")
+    if n_trials is not None:
+        return int(n_trials)
+    total = 1
+    for override in sweep_overrides(cfg):
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return None
+    for values in swept_values(cfg).values():
+        total *= len(values)
+    return total
+
+
+def check_sweep(cfg: DictConfig) -> None:
     """Validate every value a multirun will use, before any job starts.
 
     Each rule concerns one key, so checking each swept value of each key (and the fixed values of
     the sweep config) covers every job the sweep can make.
     """
-    swept: dict[str, list[Any]] = {}
-    for override in OverridesParser.create().parse_overrides(task_overrides):
-        key = override.get_key_element()
-        if key not in RESULT_KEYS or not override.is_sweep_override():
-            continue
-        if override.is_interval_sweep():
-            interval = override.value()
-            swept[key] = [interval.start, interval.end]
-        else:
-            swept[key] = list(override.sweep_iterator())
+    swept = swept_values(cfg)
     for key in RESULT_KEYS:
         for value in swept.get(key, [cfg[key]]):
             problem = check_value(key, value)

@@ -11,7 +11,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
 from xorexp.data import X, Y
 from xorexp.train import RunResult, RunSpec
@@ -38,6 +40,12 @@ TAG_HASH = "xorexp.config_hash"
 TAG_OVERRIDES = "xorexp.overrides"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_ROLE = "xorexp.role"  # "sweep" on a multirun's parent run
+TAG_SWEEP = "xorexp.sweep"  # the sweep preset (or "overrides")
+TAG_REUSED = "xorexp.reused_runs"  # on a parent: how many FINISHED runs were reused, not retrained
+TAG_TRIAL = "xorexp.trial"
+TAG_HOST = "xorexp.host"
+TAG_PID = "xorexp.pid"
 
 
 def resolve_uri(uri: str | None, launch_dir: str | Path) -> str:
@@ -165,56 +173,95 @@ def run_metrics(result: RunResult, timestamp_ms: int) -> list[Metric]:
     return metrics
 
 
-def log_result(
+def process_tags() -> dict[str, str]:
+    """Who is writing a run: lets a later sweep tell a crashed writer's RUNNING run from a live one."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def start_run(
     store: Store,
-    result: RunResult,
+    spec: RunSpec,
     *,
     tags: Mapping[str, str] | None = None,
-    figures: Mapping[str, Figure] | None = None,
-    files: Mapping[str, str] | None = None,
-    dirs: Mapping[str, Path] | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    """Log one finished run as a FINISHED MLflow run; returns its run id.
-
-    ``figures`` and ``files`` map artifact paths to a Figure or a text; ``dirs`` maps an artifact
-    folder to a local folder whose files are copied as they are (e.g. Hydra's ``.hydra``).
-    """
-    client = store.client
-    spec = result.spec
+    """Create the MLflow run of one training run (RUNNING) with its params; returns its id."""
     all_tags = {
-        TAG_OUTCOME: result.outcome,
         TAG_HASH: config_hash(spec),
         **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
         **({TAG_PARENT: parent_run_id} if parent_run_id else {}),
+        **process_tags(),
         **(tags or {}),
     }
-    run = client.create_run(store.experiment_id, run_name=run_name(spec), tags=all_tags)
+    run = store.client.create_run(store.experiment_id, run_name=run_name(spec), tags=all_tags)
     run_id = run.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        params = [Param(k, v) for k, v in result_params(spec).items()]
-        metrics = run_metrics(result, now)
-        client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params)
-        for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
-            client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
-        with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
-            root = Path(tmp)
-            documents = {"predictions.json": json.dumps(predictions_document(result), indent=1)}
-            for rel, text in {**documents, **(files or {})}.items():
-                _write(root / rel, text)
-            for rel, fig in (figures or {}).items():
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(root / rel)
-            for rel, local in (dirs or {}).items():
-                if Path(local).is_dir():
-                    shutil.copytree(local, root / rel, dirs_exist_ok=True)
-            client.log_artifacts(run_id, str(root))
-    except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    store.client.log_batch(run_id, params=[Param(k, v) for k, v in result_params(spec).items()])
     return run_id
+
+
+def log_result(
+    store: Store,
+    run_id: str,
+    result: RunResult,
+    *,
+    blobs: Mapping[str, bytes] | None = None,
+    files: Mapping[str, str] | None = None,
+    dirs: Mapping[str, Path] | None = None,
+) -> None:
+    """Fill a started run with the result (metrics, outcome, artifacts) and mark it FINISHED."""
+    now = int(time.time() * 1000)
+    metrics = run_metrics(result, now)
+    outcome = [RunTag(TAG_OUTCOME, result.outcome)]
+    store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], tags=outcome)
+    for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
+        store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+    documents = {"predictions.json": json.dumps(predictions_document(result), indent=1)}
+    log_files(store, run_id, files={**documents, **(files or {})}, blobs=blobs, dirs=dirs)
+    finish_run(store, run_id, "FINISHED")
+
+
+def log_files(
+    store: Store,
+    run_id: str,
+    *,
+    files: Mapping[str, str] | None = None,
+    figures: Mapping[str, Figure] | None = None,
+    blobs: Mapping[str, bytes] | None = None,
+    dirs: Mapping[str, Path] | None = None,
+) -> None:
+    """Texts, figures (as PNG), bytes and local folders as artifacts of a run, in one upload.
+
+    Each mapping goes from an artifact path to a text, a Figure, bytes or a local folder.
+    """
+    if not (files or figures or blobs or dirs):
+        return
+    with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
+        root = Path(tmp)
+        for rel, text in (files or {}).items():
+            _write(root / rel, text)
+        for rel, data in (blobs or {}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        for rel, fig in (figures or {}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(root / rel)
+        for rel, local in (dirs or {}).items():
+            if Path(local).is_dir():
+                shutil.copytree(local, root / rel, dirs_exist_ok=True)
+        store.client.log_artifacts(run_id, str(root))
+
+
+def finish_run(store: Store, run_id: str, status: str) -> None:
+    """End a run: status is FINISHED, FAILED or KILLED."""
+    store.client.set_terminated(run_id, status)
+
+
+def log_failure(store: Store, run_id: str, error_text: str) -> None:
+    """Mark a run FAILED, with the traceback as artifact ``error/traceback.txt``."""
+    try:
+        log_files(store, run_id, files={"error/traceback.txt": error_text})
+    finally:
+        finish_run(store, run_id, "FAILED")
 
 
 def log_to_run(
@@ -225,8 +272,9 @@ def log_to_run(
     metrics: Mapping[str, float] | None = None,
     tags: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
+    figures: Mapping[str, Figure] | None = None,
 ) -> None:
-    """Add params, finite metrics, tags and text files to an existing run (e.g. a sweep's parent)."""
+    """Add params, finite metrics, tags and artifacts to an existing run (e.g. a sweep's parent)."""
     now = int(time.time() * 1000)
     store.client.log_batch(
         run_id,
@@ -234,11 +282,93 @@ def log_to_run(
         params=[Param(k, str(v)) for k, v in (params or {}).items()],
         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
     )
-    if files:
-        with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
-            for rel, text in files.items():
-                _write(Path(tmp) / rel, text)
-            store.client.log_artifacts(run_id, tmp)
+    log_files(store, run_id, files=files, figures=figures)
+
+
+def start_parent(store: Store, name: str, tags: Mapping[str, str]) -> str:
+    """The parent run of a multirun (RUNNING until the sweep ends)."""
+    all_tags = {
+        TAG_ROLE: "sweep",
+        **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
+        **process_tags(),
+        **tags,
+    }
+    return store.client.create_run(store.experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def find_finished(store: Store, spec: RunSpec) -> str | None:
+    """Id of the newest FINISHED run with the config hash of ``spec``, if any."""
+    runs = store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.`{TAG_HASH}` = '{config_hash(spec)}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def mark_stale_runs(store: Store) -> list[str]:
+    """Mark KILLED every RUNNING run whose writer process (same host) no longer exists."""
+    host = socket.gethostname()
+    stale = []
+    for run in _search_all(store, "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get(TAG_HOST) != host or not tags.get(TAG_PID, "").isdigit():
+            continue
+        if not _process_alive(int(tags[TAG_PID])):
+            finish_run(store, run.info.run_id, "KILLED")
+            stale.append(run.info.run_id)
+    return stale
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _search_all(store: Store, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = store.client.search_runs(
+            [store.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def sweep_children(store: Store, parent_run_id: str) -> list:
+    """Every run whose parent is ``parent_run_id`` (mlflow Run objects)."""
+    return _search_all(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
+
+
+def latest_sweep(store: Store) -> str | None:
+    runs = store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.`{TAG_ROLE}` = 'sweep'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def get_runs(store: Store, run_ids: list[str]) -> list:
+    return [store.client.get_run(run_id) for run_id in run_ids]
+
+
+def read_text_artifact(store: Store, run_id: str, path: str) -> str | None:
+    with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
+        try:
+            local = store.client.download_artifacts(run_id, path, tmp)
+        except Exception:  # absent
+            return None
+        return Path(local).read_text()
 
 
 def _write(path: Path, text: str) -> None:

@@ -1,0 +1,160 @@
+"""The vectorized launcher's work: compose and check every job, train the sweep in engine batches
+(in worker processes when there are several chunks), render run plots in workers, then pass each
+job through Hydra's own ``run_job`` with its result precomputed, in the launching process.
+
+Only the launching process writes to the store: no concurrent writers, whatever the backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from omegaconf import DictConfig, open_dict
+
+from xorexp import app, chunks, tracking
+from xorexp.config import RESULT_KEYS, ConfigError, to_run_spec
+from xorexp.train import RunResult, RunSpec
+
+log = logging.getLogger(__name__)
+
+RENDER_BATCH = 25  # runs per plot-rendering task
+MIN_RUNS_FOR_WORKERS = 16  # below this, starting worker processes costs more than it saves
+
+
+@dataclass
+class Job:
+    idx: int
+    overrides: list[str]
+    spec: RunSpec | None  # None: not an xorexp run config (then the job runs as the basic launcher would)
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    setup_globals()
+    config = launcher.config
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    log.info(f"Launching {len(job_overrides)} jobs, vectorized")
+
+    jobs = [
+        Job(initial_job_idx + i, list(overrides), _spec_of(_compose(launcher, overrides)))
+        for i, overrides in enumerate(job_overrides)
+    ]
+    trainable = [job for job in jobs if job.spec is not None]
+    returns: dict[int, JobReturn] = {}
+    with _Workers(launcher, len(trainable)) as workers:
+        for job, result, pngs in workers.results(trainable):
+            app.PRECOMPUTED[job.spec] = (result, pngs)
+            try:
+                returns[job.idx] = _run(launcher, job)
+            finally:
+                app.PRECOMPUTED.pop(job.spec, None)
+    for job in jobs:
+        if job.spec is None:
+            returns[job.idx] = _run(launcher, job)
+    return [returns[job.idx] for job in jobs]
+
+
+def _compose(launcher, overrides: Sequence[str]) -> DictConfig:
+    return launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+
+
+def _spec_of(cfg: DictConfig) -> RunSpec | None:
+    if not all(key in cfg for key in RESULT_KEYS):
+        return None
+    try:
+        return to_run_spec(cfg)
+    except ConfigError as error:
+        app.fail(error)
+
+
+def _run(launcher, job: Job) -> JobReturn:
+    log.info(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
+    cfg = _compose(launcher, job.overrides)
+    with open_dict(cfg):
+        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{job.idx}"
+        cfg.hydra.job.num = job.idx
+    HydraConfig.instance().set_config(cfg)
+    ret = run_job(
+        hydra_context=launcher.hydra_context,
+        task_function=launcher.task_function,
+        config=cfg,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return ret
+
+
+@contextlib.contextmanager
+def _thread_env(**values: str) -> Iterator[None]:
+    """Environment for worker processes started inside (spawned children copy it)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _Workers:
+    """Trains chunks and renders plots, in worker processes when the sweep is big enough."""
+
+    def __init__(self, launcher, n_runs: int) -> None:
+        self.chunk_size = max(1, int(launcher.chunk_size))
+        n_jobs = int(launcher.n_jobs)
+        self.n_workers = (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
+        self.pool: ProcessPoolExecutor | None = None
+        if self.n_workers > 1 and n_runs >= MIN_RUNS_FOR_WORKERS:
+            with _thread_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
+                self.pool = ProcessPoolExecutor(self.n_workers, mp_context=get_context("spawn"))
+                # start every worker now, inside the environment above
+                for future in [self.pool.submit(os.getpid) for _ in range(self.n_workers)]:
+                    future.result()
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def results(self, jobs: list[Job]) -> Iterator[tuple[Job, RunResult, dict[str, bytes] | Exception]]:
+        """(job, result, plots) for every job, chunk after chunk, in job order within a chunk."""
+        plan = chunks.plan_chunks([job.spec for job in jobs], self.chunk_size)
+        if self.pool is None:
+            for members in plan:
+                batch = [jobs[i] for i in members]
+                for job, result in zip(batch, chunks.train_chunk([j.spec for j in batch]), strict=True):
+                    yield job, result, None  # the job renders its own plots
+            return
+        trained = [self.pool.submit(chunks.train_chunk, [jobs[i].spec for i in members]) for members in plan]
+        for members, future in zip(plan, trained, strict=True):
+            batch = [jobs[i] for i in members]
+            results = future.result()
+            renders = self._render(batch, results)
+            for start, render in renders:
+                pngs_list = render.result()
+                for offset, pngs in enumerate(pngs_list):
+                    k = start + offset
+                    yield batch[k], results[k], pngs
+
+    def _render(self, batch: list[Job], results: list[RunResult]) -> list[tuple[int, Future]]:
+        assert self.pool is not None
+        out = []
+        for start in range(0, len(batch), RENDER_BATCH):
+            items = [(r, tracking.run_name(r.spec)) for r in results[start : start + RENDER_BATCH]]
+            out.append((start, self.pool.submit(chunks.render_many, items)))
+        return out

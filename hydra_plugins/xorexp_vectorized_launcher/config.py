@@ -1,0 +1,26 @@
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class RayConf:
+    address: str | None = None  # HOST:PORT of a running Ray cluster (ray start --head ...)
+    max_retries: int = 3  # a chunk whose task dies is run again up to this many times
+
+
+@dataclass
+class VectorizedLauncherConf:
+    _target_: str = "hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher.VectorizedLauncher"
+    # worker processes that train chunks and render plots; -1: one per CPU; 1: all in this process
+    n_jobs: int = -1
+    # runs per engine call; about what stays in L2 cache at h=2
+    chunk_size: int = 1000
+    # where chunks are trained: "local" (processes on this machine) or "ray" (an existing cluster)
+    backend: str = "local"
+    ray: RayConf = field(default_factory=RayConf)
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf, provider="xorexp"
+)

@@ -1,0 +1,177 @@
+"""Sweeps as a whole, end to end: parent run, summary across seeds, presets, resume, failures, progress."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT, run_cli, runs_of, store_uri
+
+pytestmark = pytest.mark.slow
+
+
+def parents_and_children(directory):
+    runs = runs_of(directory)
+    parents = [r for r in runs if r.data.tags.get("xorexp.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def parent_csv(directory, parent_id):
+    client = MlflowClient(store_uri(directory))
+    path = client.download_artifacts(parent_id, "summary.csv", str(directory / f"csv-{parent_id}"))
+    return list(csv.DictReader(open(path)))
+
+
+def test_grid_sweep_has_one_parent_and_a_summary_matching_its_children(tmp_path):
+    proc = run_cli(tmp_path, "-m", "hidden_units=2,3", "lr=0.5,2,8", "seed=0,1", "iterations=1500",
+                   f"hydra.sweep.dir={tmp_path}/multirun")
+    assert proc.returncode == 0, proc.stderr
+    [parent], children = parents_and_children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 12
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+
+    expected = {}
+    for child in children:
+        key = (child.data.params["hidden_units"], child.data.params["lr"])
+        expected.setdefault(key, []).append(child.data.tags["xorexp.outcome"] == "solved")
+    rows = parent_csv(tmp_path, parent.info.run_id)
+    assert len(rows) == 6
+    for row in rows:
+        solved = expected[(row["hidden_units"], row["lr"])]
+        assert int(row["n_seeds"]) == 2
+        assert float(row["success_rate"]) == sum(solved) / len(solved)
+
+    client = MlflowClient(store_uri(tmp_path))
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/success_rate_heatmap.png", "plots/final_loss_vs_lr.png", "plots/loss_curves.png"}
+    best = parent.data.tags["xorexp.best_run_id"]
+    assert best in {c.info.run_id for c in children}
+    assert "success rate" in proc.stdout.lower() or "success" in proc.stdout.lower()
+
+    # the report command prints the same table from the store
+    again = run_cli(tmp_path, module="xorexp.report")
+    assert again.returncode == 0, again.stderr
+    table_lines = [line for line in again.stdout.splitlines()[1:] if line.strip()]
+    for line in table_lines:
+        assert line in proc.stdout
+
+
+def test_preset_switches_to_multirun_and_names_the_parent(tmp_path):
+    proc = run_cli(tmp_path, "sweep=smoke", "iterations=300", f"hydra.sweep.dir={tmp_path}/multirun")
+    assert proc.returncode == 0, proc.stderr
+    [parent], children = parents_and_children(tmp_path)
+    assert len(children) == 8
+    assert parent.info.run_name.startswith("smoke @ ")
+    assert parent.data.tags["xorexp.sweep"] == "smoke"
+    assert {c.data.params["iterations"] for c in children} == {"300"}
+
+
+def test_resume_trains_nothing_already_finished(tmp_path):
+    args = ["sweep=smoke", "iterations=300"]
+    first = run_cli(tmp_path, *args, f"hydra.sweep.dir={tmp_path}/first")
+    assert first.returncode == 0, first.stderr
+    second = run_cli(tmp_path, *args, "tracking.skip_finished=true", f"hydra.sweep.dir={tmp_path}/second")
+    assert second.returncode == 0, second.stderr
+    parents, children = parents_and_children(tmp_path)
+    assert len(parents) == 2 and len(children) == 8  # no new training run
+    newest = max(parents, key=lambda r: r.info.start_time)
+    assert newest.data.tags["xorexp.reused_runs"] == "8"
+    rows = parent_csv(tmp_path, newest.info.run_id)
+    assert sum(int(r["n_seeds"]) for r in rows) == 8
+
+
+def test_resume_after_sigkill_finishes_every_config_exactly_once(tmp_path):
+    args = ["-m", "seed=range(0,8)", "iterations=40000", f"hydra.sweep.dir={tmp_path}/multirun"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "xorexp", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # watch the job records on disk: opening the store now could race
+            if len(list((tmp_path / "multirun").rglob("xorexp_job.json"))) >= 2:  # its creation
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)  # most likely mid-training of the next job, whose run is RUNNING
+        assert proc.poll() is None, "sweep ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    running_before = {r.info.run_id for r in runs_of(tmp_path) if r.info.status == "RUNNING"}
+    assert running_before  # at least the killed sweep's parent
+
+    resumed = run_cli(tmp_path, *args, "tracking.skip_finished=true")
+    assert resumed.returncode == 0, resumed.stderr
+    runs = runs_of(tmp_path)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finished = Counter(r.data.tags["xorexp.config_hash"] for r in runs
+                       if r.info.status == "FINISHED" and "xorexp.config_hash" in r.data.tags)
+    assert len(finished) == 8 and set(finished.values()) == {1}
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert {status[run_id] for run_id in running_before} == {"KILLED"}
+
+
+SITECUSTOMIZE = """
+import xorexp.plots as plots
+_real = plots.decision_boundary
+def decision_boundary(params, title=""):
+    if title.endswith("-s1"):
+        raise RuntimeError("injected plotting fault")
+    return _real(params, title)
+plots.decision_boundary = decision_boundary
+"""
+
+
+def test_a_failing_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path):
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    proc = run_cli(tmp_path, "-m", "seed=0,1,2", "iterations=300", f"hydra.sweep.dir={tmp_path}/multirun",
+                   env={"PYTHONPATH": f"{inject}{os.pathsep}{ROOT}"})
+    assert proc.returncode != 0
+    failure_lines = [line for line in proc.stderr.splitlines() if "failed: RuntimeError" in line]
+    assert len(failure_lines) == 1 and "injected plotting fault" in failure_lines[0]
+    assert "full log:" in failure_lines[0]
+    [parent], children = parents_and_children(tmp_path)
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status == {"h2-lr0.1-s0": "FINISHED", "h2-lr0.1-s1": "FAILED", "h2-lr0.1-s2": "FINISHED"}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    client = MlflowClient(store_uri(tmp_path))
+    text = open(client.download_artifacts(failed.info.run_id, "error/traceback.txt", str(tmp_path))).read()
+    assert "injected plotting fault" in text and "Traceback" in text
+    assert parent.info.status == "FAILED"
+    assert failed.info.run_id in proc.stdout  # the summary lists the failed job
+
+
+def test_progress_shows_on_a_terminal_only(tmp_path):
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "xorexp", "-m", "seed=0,1,2", "iterations=200",
+                             f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    output = io.BytesIO()
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output.write(chunk)
+    assert proc.wait(timeout=120) == 0
+    text = output.getvalue().decode()
+    assert "[xorexp] 3/3 jobs" in text
+    quiet = run_cli(tmp_path, "-m", "seed=0,1", "iterations=200", f"hydra.sweep.dir={tmp_path}/m2")
+    assert quiet.returncode == 0 and "[xorexp]" not in quiet.stderr + quiet.stdout

@@ -1,0 +1,60 @@
+"""Units of work a launcher can hand to worker processes: train a chunk of runs, render run plots.
+
+Only NumPy, the engine and matplotlib are imported here, so a worker starts quickly and never
+touches MLflow or Hydra; results come back to the launching process, which logs them.
+"""
+
+from __future__ import annotations
+
+import io
+import traceback
+from collections.abc import Sequence
+
+from xorexp import plots
+from xorexp.train import RunResult, RunSpec, batch_key, train
+
+LEARNING_CURVE = "plots/learning_curve.png"
+DECISION_BOUNDARY = "plots/decision_boundary.png"
+
+
+def plan_chunks(specs: Sequence[RunSpec], chunk_size: int) -> list[list[int]]:
+    """Indices of ``specs`` in engine batches: same batch key, at most ``chunk_size`` runs each."""
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(batch_key(spec), []).append(i)
+    return [members[start : start + chunk_size] for members in groups.values()
+            for start in range(0, len(members), chunk_size)]
+
+
+def train_chunk(specs: Sequence[RunSpec]) -> list[RunResult]:
+    """One engine call: the specs must share a batch key."""
+    return train(specs, chunk_size=len(specs))
+
+
+def render_run_plots(result: RunResult, name: str) -> dict[str, bytes]:
+    """The two per-run figures as PNG bytes, keyed by artifact path."""
+    out = {}
+    figures = {
+        LEARNING_CURVE: plots.learning_curve(result.trace_steps, result.loss_trace, name),
+        DECISION_BOUNDARY: plots.decision_boundary(result.params, name),
+    }
+    for path, fig in figures.items():
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        out[path] = buffer.getvalue()
+    return out
+
+
+class WorkerError(RuntimeError):
+    """An exception raised in a worker, carrying the worker's traceback as text."""
+
+
+def render_many(items: Sequence[tuple[RunResult, str]]) -> list[dict[str, bytes] | WorkerError]:
+    """Plots of several runs; a run whose plots fail gets its error, the others are unaffected."""
+    out: list[dict[str, bytes] | WorkerError] = []
+    for result, name in items:
+        try:
+            out.append(render_run_plots(result, name))
+        except Exception as error:
+            out.append(WorkerError(f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+    return out

@@ -1,0 +1,99 @@
+"""A sweep's summary across seeds, from the store: logged on the parent at the sweep's end, and
+printed again for any past sweep by ``python -m xorexp.report``.
+
+    python -m xorexp.report [--experiment NAME] [--tracking-uri URI] [--run PARENT_ID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from xorexp import plots, summary, tracking
+
+REUSED_FILE = "reused_runs.json"  # artifact of the parent: ids of FINISHED runs reused by the sweep
+
+
+def collect(store: tracking.Store, parent_run_id: str, reused_ids: list[str] | None = None) -> list:
+    """The sweep's runs as summary records: its children plus the runs it reused."""
+    if reused_ids is None:
+        text = tracking.read_text_artifact(store, parent_run_id, REUSED_FILE)
+        reused_ids = json.loads(text) if text else []
+    records = [summary.record_from_mlflow_run(run) for run in tracking.sweep_children(store, parent_run_id)]
+    for run in tracking.get_runs(store, reused_ids):
+        records.append(dataclasses.replace(summary.record_from_mlflow_run(run), reused=True))
+    return records
+
+
+def loss_curves(store: tracking.Store, groups: list) -> list:
+    """Per group, the logged loss traces of its runs, as (steps, values) pairs."""
+    return [[tracking.loss_history(store, run_id) for run_id in group.run_ids] for group in groups]
+
+
+def finish_sweep(store: tracking.Store, parent_run_id: str, reused_ids: list[str]) -> int:
+    """Summarise the sweep, print the table, log it on the parent and end the parent.
+
+    Returns the number of failed jobs (the parent ends FAILED when there are any).
+    """
+    records = collect(store, parent_run_id, reused_ids)
+    groups = summary.summarize(records)
+    print(summary.format_table(groups), flush=True)
+    failed = sum(group.n_failed for group in groups)
+    metrics: dict[str, float] = {"runs": float(len(records)), "failed_jobs": float(failed)}
+    tags = {tracking.TAG_REUSED: str(len(reused_ids))}
+    best = groups[0] if groups and groups[0].n_seeds else None
+    if best is not None:
+        names = ("success_rate", "final_loss_median", "final_loss_mean", "final_loss_std", "solved_at_median")
+        for name in names:
+            value = getattr(best, name)
+            if value is not None:
+                metrics[f"best.{name}"] = float(value)
+        tags["xorexp.best_run_id"] = best.best_run_id or ""
+        tags.update({f"xorexp.best.{key}": value for key, value in best.params.items()})
+    figures = {}
+    if records:
+        figures = {
+            "plots/success_rate_heatmap.png": plots.success_heatmap(groups),
+            "plots/final_loss_vs_lr.png": plots.final_loss_vs_lr(records),
+            "plots/loss_curves.png": plots.loss_curves(groups, loss_curves(store, groups)),
+        }
+    tracking.log_to_run(
+        store,
+        parent_run_id,
+        metrics=metrics,
+        tags=tags,
+        files={"summary.csv": summary.to_csv(groups), REUSED_FILE: json.dumps(reused_ids)},
+        figures=figures,
+    )
+    tracking.finish_run(store, parent_run_id, "FAILED" if failed else "FINISHED")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xorexp.report", description="Print the summary across seeds of a past sweep."
+    )
+    parser.add_argument("--experiment", default="xorexp", help="experiment name (default: xorexp)")
+    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///./mlflow.db")
+    parser.add_argument("--run", default=None, help="parent run id of the sweep (default: the latest sweep)")
+    args = parser.parse_args(argv)
+    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        print(f"xorexp.report: no store at {uri}", file=sys.stderr)
+        return 2
+    store = tracking.open_store(uri, args.experiment)
+    parent = args.run or tracking.latest_sweep(store)
+    if parent is None:
+        print(f"xorexp.report: no sweep in experiment {args.experiment!r} of {uri}", file=sys.stderr)
+        return 2
+    run = store.client.get_run(parent)
+    print(f"sweep {run.info.run_name} (run {parent}, {run.info.status})")
+    print(summary.format_table(summary.summarize(collect(store, parent))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

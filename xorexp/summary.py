@@ -1,0 +1,385 @@
+"""Summary across seeds: runs grouped by every result-shaping value except the seed.
+
+Pure functions over plain records; no MLflow or Hydra import here. ``record_from_mlflow_run`` reads
+an ``mlflow.entities.Run`` by duck typing, so it works on any object with the same attributes.
+
+Rules, in one place:
+
+- A record *has a result* when it has an outcome and its status is not FAILED or KILLED; every
+  other record (a failed job, a run killed before it tagged its outcome) counts as failed.
+- One result per seed and group: a seed logged twice (a reused run next to its source, a retried
+  job) counts once, preferring a result over none, a final loss over none, and an original over a
+  reuse. A failed attempt of a seed that also has a result is not counted as failed.
+- Loss statistics and ``best_run_id`` use the finite final losses of results that did not diverge.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xorexp.train import OUTCOMES
+
+# the same strings as in xorexp.tracking, which this module must not import (it imports mlflow)
+TAG_OUTCOME = "xorexp.outcome"
+TAG_REUSED_FROM = "xorexp.reused_from"
+
+RESULT_KEYS = ("hidden_units", "lr", "iterations", "seed", "trace_every", "stop_loss")
+GROUP_KEYS = tuple(k for k in RESULT_KEYS if k != "seed")
+_INT_KEYS = frozenset({"hidden_units", "iterations", "seed", "trace_every"})
+_NULL = frozenset({"null", "None", "none", ""})
+_NO_RESULT_STATUSES = frozenset({"FAILED", "KILLED"})
+
+# short names for labels and the table header
+SHORT_NAMES = {
+    "hidden_units": "h",
+    "lr": "lr",
+    "iterations": "it",
+    "trace_every": "trace",
+    "stop_loss": "stop",
+}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the summary needs of one run; ``params`` are MLflow-style strings."""
+
+    run_id: str
+    params: Mapping[str, str]
+    outcome: str | None  # one of OUTCOMES, or None when the job left no outcome
+    status: str = "FINISHED"
+    final_loss: float | None = None
+    solved_at: float | None = None
+    reused: bool = False
+
+    @property
+    def has_result(self) -> bool:
+        return self.outcome in OUTCOMES and self.status not in _NO_RESULT_STATUSES
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def record_from_mlflow_run(run: Any) -> RunRecord:
+    """A RunRecord from an ``mlflow.entities.Run`` (or anything with the same attributes)."""
+    info, data = run.info, run.data
+    params = data.params or {}
+    metrics = data.metrics or {}
+    tags = data.tags or {}
+    outcome = tags.get(TAG_OUTCOME)
+    status = info.status
+    return RunRecord(
+        run_id=str(info.run_id),
+        params={k: str(params[k]) for k in RESULT_KEYS if k in params},
+        outcome=outcome if outcome in OUTCOMES else None,
+        status=status if isinstance(status, str) else str(status),
+        final_loss=_finite(metrics.get("final_loss")),
+        solved_at=_finite(metrics.get("solved_at")),
+        reused=bool(tags.get(TAG_REUSED_FROM)),
+    )
+
+
+def parse_param(key: str, text: str | None) -> int | float | None:
+    """The number a logged param stands for; None for null, missing or unreadable values."""
+    if text is None or text.strip() in _NULL:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if key in _INT_KEYS and number.is_integer():
+        return int(number)
+    return number
+
+
+def _canonical(key: str, text: str | None) -> str:
+    """The param as ``tracking.result_params`` writes it, so "0.10" and "0.1" group together."""
+    if text is None:
+        return ""
+    value = parse_param(key, text)
+    if value is None:
+        return "null" if text.strip() in _NULL - {""} else text.strip()
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def group_key(record: RunRecord) -> tuple[str, ...]:
+    """The group a record belongs to: its canonical values of GROUP_KEYS ("" when missing)."""
+    return tuple(_canonical(k, record.params.get(k)) for k in GROUP_KEYS)
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One configuration across seeds."""
+
+    params: dict[str, str]  # canonical strings of GROUP_KEYS ("" when the runs did not log it)
+    n_seeds: int  # seeds with a result
+    n_solved: int
+    n_diverged: int
+    n_failed: int  # seeds (or parameterless runs) without any result
+    n_reused: int  # results that were reused from an earlier run
+    success_rate: float | None  # n_solved / n_seeds; None without results
+    final_loss_median: float | None
+    final_loss_mean: float | None
+    final_loss_std: float | None  # sample std (ddof=1); None with fewer than 2 losses
+    solved_at_median: float | None
+    best_run_id: str | None
+    run_ids: tuple[str, ...] = field(default=())  # the results counted, one per seed
+    failed_run_ids: tuple[str, ...] = field(default=())
+
+    def value(self, key: str) -> int | float | None:
+        return parse_param(key, self.params.get(key))
+
+    @property
+    def hidden_units(self) -> int | None:
+        return self.value("hidden_units")  # type: ignore[return-value]
+
+    @property
+    def lr(self) -> float | None:
+        return self.value("lr")
+
+    @property
+    def iterations(self) -> int | None:
+        return self.value("iterations")  # type: ignore[return-value]
+
+    @property
+    def trace_every(self) -> int | None:
+        return self.value("trace_every")  # type: ignore[return-value]
+
+    @property
+    def stop_loss(self) -> float | None:
+        return self.value("stop_loss")
+
+
+def _preference(record: RunRecord) -> tuple:
+    """Lower is better, for choosing one record per seed."""
+    return (not record.has_result, record.final_loss is None, record.reused, record.run_id)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+def one_per_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """The records to count: one per (group, seed), chosen as the module docstring says.
+
+    Records without a seed param are all kept. Order: first appearance of each (group, seed).
+    """
+    chosen: dict[tuple, RunRecord] = {}
+    for i, record in enumerate(records):
+        seed = record.params.get("seed")
+        key = (group_key(record), _canonical("seed", seed)) if seed is not None else ("unseeded", i)
+        if key not in chosen or _preference(record) < _preference(chosen[key]):
+            chosen[key] = record
+    return list(chosen.values())
+
+
+def _summarize_group(params: dict[str, str], records: list[RunRecord]) -> GroupSummary:
+    """Summary of one group's records, already reduced by ``one_per_seed``."""
+    chosen = sorted(records, key=lambda r: r.run_id)
+    results = [r for r in chosen if r.has_result]
+    failed = [r for r in chosen if not r.has_result]
+    n_solved = sum(r.outcome == "solved" for r in results)
+    scored = [r for r in results if r.outcome != "diverged" and r.final_loss is not None]
+    losses = np.array([r.final_loss for r in scored], dtype=float)
+    solved_at = [r.solved_at for r in results if r.outcome == "solved" and r.solved_at is not None]
+    best = min(scored, key=lambda r: (r.final_loss, r.run_id)) if scored else None
+    return GroupSummary(
+        params=params,
+        n_seeds=len(results),
+        n_solved=n_solved,
+        n_diverged=sum(r.outcome == "diverged" for r in results),
+        n_failed=len(failed),
+        n_reused=sum(r.reused for r in results),
+        success_rate=n_solved / len(results) if results else None,
+        final_loss_median=_median(losses),
+        final_loss_mean=float(losses.mean()) if len(losses) else None,
+        final_loss_std=float(losses.std(ddof=1)) if len(losses) >= 2 else None,
+        solved_at_median=_median(solved_at),
+        best_run_id=best.run_id if best else None,
+        run_ids=tuple(r.run_id for r in results),
+        failed_run_ids=tuple(r.run_id for r in failed),
+    )
+
+
+def _none_last(value: float | None) -> tuple[bool, float]:
+    return (value is None, 0.0 if value is None else value)
+
+
+def _params_order(group: GroupSummary) -> tuple:
+    keys = []
+    for key in GROUP_KEYS:
+        value = group.value(key)
+        keys.append((value is None, -math.inf if value is None else value, group.params[key]))
+    return tuple(keys)
+
+
+def sort_key(group: GroupSummary) -> tuple:
+    """Best first: success rate desc, median final loss asc, median solved_at asc (None last)."""
+    rate = None if group.success_rate is None else -group.success_rate
+    return (
+        _none_last(rate),
+        _none_last(group.final_loss_median),
+        _none_last(group.solved_at_median),
+        _params_order(group),
+    )
+
+
+def summarize(records: Iterable[RunRecord]) -> list[GroupSummary]:
+    """One GroupSummary per configuration (GROUP_KEYS), best first (see ``sort_key``)."""
+    groups: dict[tuple[str, ...], list[RunRecord]] = {}
+    for record in one_per_seed(records):
+        groups.setdefault(group_key(record), []).append(record)
+    summaries = [_summarize_group(dict(zip(GROUP_KEYS, key, strict=True)), rs) for key, rs in groups.items()]
+    return sorted(summaries, key=sort_key)
+
+
+def varying_keys(groups: Sequence[GroupSummary]) -> list[str]:
+    """GROUP_KEYS whose value differs between groups, in GROUP_KEYS order."""
+    return [k for k in GROUP_KEYS if len({g.params[k] for g in groups}) > 1]
+
+
+def group_labels(groups: Sequence[GroupSummary]) -> list[str]:
+    """Short labels naming only the values that vary, e.g. ``h=2 lr=0.5``; in the order given."""
+    keys = varying_keys(groups) or ["hidden_units", "lr"]
+    return [" ".join(f"{SHORT_NAMES[k]}={_show_param(k, g)}" for k in keys) for g in groups]
+
+
+def _show_param(key: str, group: GroupSummary) -> str:
+    value = group.value(key)
+    if value is None:
+        return "null" if group.params[key] == "null" else (group.params[key] or "?")
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _num(value: float | None, fmt: str = ".4g") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+_TABLE_BASE = ["hidden_units", "lr", "iterations"]
+_TABLE_OPTIONAL = ["stop_loss", "trace_every"]
+MAX_LISTED_FAILED = 20
+
+
+def format_table(groups: Sequence[GroupSummary]) -> str:
+    """A fixed-width table, one row per group in the order given, plus a line of failed run ids."""
+    if not groups:
+        return "no runs to summarize"
+    vary = set(varying_keys(groups))
+    param_cols = _TABLE_BASE + [k for k in _TABLE_OPTIONAL if k in vary]
+    show_reused = any(g.n_reused for g in groups)
+    header = [
+        *param_cols,
+        "seeds",
+        "success",
+        "diverged",
+        "failed",
+        *(["reused"] if show_reused else []),
+        "loss median",
+        "loss mean ± std",
+        "median solved_at",
+    ]
+    rows = []
+    for g in groups:
+        rate = "-" if g.success_rate is None else f"{g.n_solved}/{g.n_seeds} {g.success_rate:4.0%}"
+        mean_std = (
+            "-" if g.final_loss_mean is None else f"{g.final_loss_mean:.4g} ± {_num(g.final_loss_std, '.2g')}"
+        )
+        rows.append(
+            [
+                *(_show_param(k, g) for k in param_cols),
+                str(g.n_seeds),
+                rate,
+                str(g.n_diverged),
+                str(g.n_failed),
+                *([str(g.n_reused)] if show_reused else []),
+                _num(g.final_loss_median),
+                mean_std,
+                _num(g.solved_at_median, ".0f"),
+            ]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    failed = [rid for g in groups for rid in g.failed_run_ids]
+    if failed:
+        shown = ", ".join(failed[:MAX_LISTED_FAILED])
+        more = f" (+{len(failed) - MAX_LISTED_FAILED} more)" if len(failed) > MAX_LISTED_FAILED else ""
+        lines.append(f"failed runs ({len(failed)}): {shown}{more}")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = (
+    *GROUP_KEYS,
+    "n_seeds",
+    "n_solved",
+    "success_rate",
+    "n_diverged",
+    "n_failed",
+    "n_reused",
+    "final_loss_median",
+    "final_loss_mean",
+    "final_loss_std",
+    "solved_at_median",
+    "best_run_id",
+)
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def to_csv(groups: Sequence[GroupSummary]) -> str:
+    """CSV with a header row (CSV_COLUMNS); params as logged, floats by repr, None as empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for g in groups:
+        stats = [_csv_cell(getattr(g, c)) for c in CSV_COLUMNS[len(GROUP_KEYS) :]]
+        writer.writerow([g.params[k] for k in GROUP_KEYS] + stats)
+    return out.getvalue()
+
+
+def trace_band(
+    traces: Iterable[tuple[Any, Any]], quantiles: tuple[float, float] = (25.0, 75.0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Median and a percentile band of loss traces across seeds, step by step.
+
+    ``traces`` are (steps, values) pairs of any lengths (early stop, divergence); non-finite values
+    count as absent. At each step present in any trace the statistics are over the traces that have
+    that step, so the band narrows to the runs still going. Returns (steps, median, low, high,
+    count), each of the length of the union of the steps; all empty when there is no finite value.
+    """
+    cleaned = []
+    for steps, values in traces:
+        s = np.asarray(steps, dtype=float).ravel()
+        v = np.asarray(values, dtype=float).ravel()
+        keep = np.isfinite(s) & np.isfinite(v)
+        if keep.any():
+            cleaned.append((s[keep], v[keep]))
+    if not cleaned:
+        empty = np.empty(0)
+        return empty, empty, empty, empty, np.empty(0, dtype=int)
+    grid = np.unique(np.concatenate([s for s, _ in cleaned]))
+    table = np.full((len(cleaned), len(grid)), np.nan)  # (traces, steps)
+    for row, (s, v) in zip(table, cleaned, strict=True):
+        row[np.searchsorted(grid, s)] = v
+    count = np.isfinite(table).sum(axis=0)  # every column has at least one value
+    median = np.nanmedian(table, axis=0)
+    low, high = np.nanpercentile(table, quantiles, axis=0)
+    return grid, median, low, high, count
