@@ -63,9 +63,9 @@ def test_gradients_match_central_differences(hidden_units):
             plus, minus = block.copy(), block.copy()
             plus[row, r] += eps
             minus[row, r] -= eps
-            numeric = (nn.bce_loss(nn.forward(plus, X)[0], Y[0])[r] - nn.bce_loss(nn.forward(minus, X)[0], Y[0])[r]) / (
-                2 * eps
-            )
+            up = nn.bce_loss(nn.forward(plus, X)[0], Y[0])[r]
+            down = nn.bce_loss(nn.forward(minus, X)[0], Y[0])[r]
+            numeric = (up - down) / (2 * eps)
             assert grads[row, r] == pytest.approx(numeric, abs=1e-8)
 
 

@@ -13,11 +13,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from xorexp.train import RULES, RunSpec, check_value
 
 RESULT_KEYS = tuple(RULES)  # the config values that shape a run's numbers
+INT_KEYS = ("hidden_units", "iterations", "seed", "trace_every")
 
 
 class ConfigError(ValueError):
@@ -69,7 +71,11 @@ def sweep_overrides(cfg: DictConfig) -> list[Override]:
     """The sweep's overrides: the sweeper's ``params`` from config, then the command line's."""
     params = cfg.hydra.sweeper.get("params") or {}
     texts = [f"{key}={value}" for key, value in params.items()] + list(cfg.hydra.overrides.task)
-    return OverridesParser.create().parse_overrides(texts)
+    try:
+        return OverridesParser.create().parse_overrides(texts)
+    except HydraException as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"invalid sweep: cannot parse the sweep's overrides: {message}") from error
 
 
 def swept_values(cfg: DictConfig) -> dict[str, list[Any]]:
@@ -81,7 +87,10 @@ def swept_values(cfg: DictConfig) -> dict[str, list[Any]]:
             swept.pop(key, None)  # a fixed value on the command line replaces a sweep from config
         elif override.is_interval_sweep():
             interval = override.value()
-            swept[key] = [interval.start, interval.end]
+            ends = [interval.start, interval.end]
+            if key in INT_KEYS and all(float(end).is_integer() for end in ends):
+                ends = [int(end) for end in ends]  # Hydra parses interval ends as floats
+            swept[key] = ends
         else:
             swept[key] = list(override.sweep_iterator())
     return swept
