@@ -129,7 +129,7 @@ def _best_value_printed(stdout: str) -> float:
 @pytest.mark.slow
 def test_tpe_sweep_reports_the_best_child_and_a_rerun_continues_the_study(tmp_path):
     first = _sweep(tmp_path, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3")
-    assert first.stdout.count("Launching 3 jobs locally") == 2  # one launcher call per batch
+    assert first.stdout.count("Launching 3 jobs, vectorized") == 2  # one launcher call per batch
 
     parents, children = _children_by_parent(tmp_path)
     [(parent_id, parent)] = parents.items()

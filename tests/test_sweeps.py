@@ -124,12 +124,12 @@ def test_resume_after_sigkill_finishes_every_config_exactly_once(tmp_path):
 
 SITECUSTOMIZE = """
 import xorexp.plots as plots
-_real = plots.decision_boundary
-def decision_boundary(params, title=""):
+_real = plots.RunPlotter.decision_boundary_png
+def decision_boundary_png(self, params, title=""):
     if title.endswith("-s1"):
         raise RuntimeError("injected plotting fault")
-    return _real(params, title)
-plots.decision_boundary = decision_boundary
+    return _real(self, params, title)
+plots.RunPlotter.decision_boundary_png = decision_boundary_png
 """
 
 

@@ -18,17 +18,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from xorexp import parent_run, report, tracking
-from xorexp.app import JOB_RECORD, fail, store_for
 from xorexp.config import ConfigError, check_sweep, count_jobs
+from xorexp.job import JOB_RECORD, fail, store_for
 from xorexp.progress import SweepProgress
 
 log = logging.getLogger(__name__)
 
 
+def preset_name(config: DictConfig) -> str | None:
+    """The sweep preset chosen, None for the default command-line grid."""
+    preset = config.hydra.runtime.choices.get("sweep")
+    return None if preset in (None, "grid") else preset
+
+
 def sweep_name(config: DictConfig) -> str:
     """The parent run's name: the sweep preset, or the overrides, plus the time."""
-    preset = config.hydra.runtime.choices.get("sweep")
-    label = preset or " ".join(config.hydra.overrides.task) or "sweep"
+    label = preset_name(config) or " ".join(config.hydra.overrides.task) or "sweep"
     return f"{label[:80]} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
@@ -58,7 +63,7 @@ class SweepCallback(Callback):
         if stale:
             log.info("marked %d runs of crashed processes KILLED", len(stale))
         tags = {
-            tracking.TAG_SWEEP: config.hydra.runtime.choices.get("sweep") or "overrides",
+            tracking.TAG_SWEEP: preset_name(config) or "overrides",
             tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
         }
         run_id = tracking.start_parent(store, sweep_name(config), tags)

@@ -6,7 +6,6 @@ touches MLflow or Hydra; results come back to the launching process, which logs 
 
 from __future__ import annotations
 
-import io
 import traceback
 from collections.abc import Sequence
 
@@ -32,17 +31,14 @@ def train_chunk(specs: Sequence[RunSpec]) -> list[RunResult]:
 
 
 def render_run_plots(result: RunResult, name: str) -> dict[str, bytes]:
-    """The two per-run figures as PNG bytes, keyed by artifact path."""
-    out = {}
-    figures = {
-        LEARNING_CURVE: plots.learning_curve(result.trace_steps, result.loss_trace, name),
-        DECISION_BOUNDARY: plots.decision_boundary(result.params, name),
+    """The two per-run figures as PNG bytes, keyed by artifact path (``plots.RunPlotter``)."""
+    plotter = plots.run_plotter()
+    return {
+        LEARNING_CURVE: plotter.learning_curve_png(
+            result.trace_steps, result.loss_trace, name, iterations=result.spec.iterations
+        ),
+        DECISION_BOUNDARY: plotter.decision_boundary_png(result.params, name),
     }
-    for path, fig in figures.items():
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        out[path] = buffer.getvalue()
-    return out
 
 
 class WorkerError(RuntimeError):

@@ -69,13 +69,15 @@ def check_tracking(cfg: DictConfig) -> None:
 
 def sweep_overrides(cfg: DictConfig) -> list[Override]:
     """The sweep's overrides: the sweeper's ``params`` from config, then the command line's."""
-    params = cfg.hydra.sweeper.get("params") or {}
-    texts = [f"{key}={value}" for key, value in params.items()] + list(cfg.hydra.overrides.task)
-    try:
-        return OverridesParser.create().parse_overrides(texts)
-    except HydraException as error:
-        message = " ".join(str(error).split())
-        raise ConfigError(f"invalid sweep: cannot parse the sweep's overrides: {message}") from error
+    parser = OverridesParser.create()
+    parsed = []
+    for key, value in (cfg.hydra.sweeper.get("params") or {}).items():
+        try:
+            parsed += parser.parse_overrides([f"{key}={value}"])
+        except HydraException as error:
+            reason = " ".join(str(error).split())
+            raise ConfigError(f"invalid sweep: hydra.sweeper.params.{key}={value!r}: {reason}") from error
+    return parsed + parser.parse_overrides(list(cfg.hydra.overrides.task))
 
 
 def swept_values(cfg: DictConfig) -> dict[str, list[Any]]:

@@ -178,25 +178,35 @@ def process_tags() -> dict[str, str]:
     return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
 
 
-def start_run(
-    store: Store,
-    spec: RunSpec,
-    *,
-    tags: Mapping[str, str] | None = None,
-    parent_run_id: str | None = None,
-) -> str:
-    """Create the MLflow run of one training run (RUNNING) with its params; returns its id."""
-    all_tags = {
+def run_tags(spec: RunSpec, tags: Mapping[str, str] | None, parent_run_id: str | None) -> dict[str, str]:
+    return {
         TAG_HASH: config_hash(spec),
         **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
         **({TAG_PARENT: parent_run_id} if parent_run_id else {}),
         **process_tags(),
         **(tags or {}),
     }
-    run = store.client.create_run(store.experiment_id, run_name=run_name(spec), tags=all_tags)
-    run_id = run.info.run_id
-    store.client.log_batch(run_id, params=[Param(k, v) for k, v in result_params(spec).items()])
-    return run_id
+
+
+def start_run(
+    store: Store,
+    spec: RunSpec,
+    *,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    with_params: bool = True,
+) -> str:
+    """Create the MLflow run of one training run (RUNNING); returns its id.
+
+    ``with_params=False`` leaves the params to ``log_result(..., params_logged=False)``, which logs
+    them with the metrics in one call: the same store content in one call less.
+    """
+    run = store.client.create_run(
+        store.experiment_id, run_name=run_name(spec), tags=run_tags(spec, tags, parent_run_id)
+    )
+    if with_params:
+        store.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in result_params(spec).items()])
+    return run.info.run_id
 
 
 def log_result(
@@ -207,12 +217,13 @@ def log_result(
     blobs: Mapping[str, bytes] | None = None,
     files: Mapping[str, str] | None = None,
     dirs: Mapping[str, Path] | None = None,
+    params_logged: bool = True,
 ) -> None:
-    """Fill a started run with the result (metrics, outcome, artifacts) and mark it FINISHED."""
-    now = int(time.time() * 1000)
-    metrics = run_metrics(result, now)
+    """Fill a run with the result (metrics, outcome, artifacts) and mark it FINISHED."""
+    metrics = run_metrics(result, int(time.time() * 1000))
+    params = [] if params_logged else [Param(k, v) for k, v in result_params(result.spec).items()]
     outcome = [RunTag(TAG_OUTCOME, result.outcome)]
-    store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], tags=outcome)
+    store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params, tags=outcome)
     for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
         store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
     documents = {"predictions.json": json.dumps(predictions_document(result), indent=1)}
@@ -256,9 +267,10 @@ def finish_run(store: Store, run_id: str, status: str) -> None:
     store.client.set_terminated(run_id, status)
 
 
-def log_failure(store: Store, run_id: str, error_text: str) -> None:
-    """Mark a run FAILED, with the traceback as artifact ``error/traceback.txt``."""
+def log_failure(store: Store, run_id: str, spec: RunSpec, error_text: str) -> None:
+    """Mark a run FAILED, with its params and the traceback as artifact ``error/traceback.txt``."""
     try:
+        store.client.log_batch(run_id, params=[Param(k, v) for k, v in result_params(spec).items()])
         log_files(store, run_id, files={"error/traceback.txt": error_text})
     finally:
         finish_run(store, run_id, "FAILED")

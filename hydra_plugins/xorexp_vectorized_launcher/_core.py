@@ -24,8 +24,9 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from xorexp import app, chunks, tracking
+from xorexp import chunks, tracking
 from xorexp.config import RESULT_KEYS, ConfigError, to_run_spec
+from xorexp.job import PRECOMPUTED, fail
 from xorexp.train import RunResult, RunSpec
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,23 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     returns: dict[int, JobReturn] = {}
     with _Workers(launcher, len(trainable)) as workers:
         for job, result, pngs in workers.results(trainable):
-            app.PRECOMPUTED[job.spec] = (result, pngs)
+            PRECOMPUTED[job.spec] = (result, pngs)
             try:
                 returns[job.idx] = _run(launcher, job, composer)
             finally:
-                app.PRECOMPUTED.pop(job.spec, None)
+                PRECOMPUTED.pop(job.spec, None)
     for job in jobs:
         if job.spec is None:
             returns[job.idx] = _run(launcher, job, composer)
     return [returns[job.idx] for job in jobs]
+
+
+def _is_leaf(cfg: DictConfig, key: str) -> bool:
+    try:
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    except Exception:
+        return False
+    return node is not None and not OmegaConf.is_config(node)
 
 
 class _Composer:
@@ -97,6 +106,8 @@ class _Composer:
             return self.full(overrides)
         if shape not in self.templates:
             cfg = self.full(overrides)
+            if not all(_is_leaf(cfg, key) for key in shape):  # e.g. a config group: not derivable
+                return cfg
             self.templates[shape] = (parsed, cfg)
             return copy.deepcopy(cfg)
         derived = self._derive(shape, parsed)
@@ -150,7 +161,7 @@ def _spec_of(cfg: DictConfig) -> RunSpec | None:
     try:
         return to_run_spec(cfg)
     except ConfigError as error:
-        app.fail(error)
+        fail(error)
 
 
 def _run(launcher, job: Job, composer: _Composer) -> JobReturn:

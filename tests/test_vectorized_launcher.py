@@ -1,0 +1,103 @@
+"""The vectorized launcher: Hydra's own launcher suites, and the store it writes equals basic's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from mlflow import MlflowClient
+
+from hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher import VectorizedLauncher
+from tests.conftest import run_cli, runs_of, store_uri
+
+
+def test_discovery():
+    assert VectorizedLauncher.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("vectorized", [])])
+class TestVectorizedLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [
+        (
+            {
+                "defaults": [
+                    {"override hydra/launcher": "vectorized"},
+                    {"override hydra/hydra_logging": "hydra_debug"},
+                    {"override hydra/job_logging": "disabled"},
+                ]
+            },
+            ["-m"],
+        )
+    ],
+)
+class TestVectorizedLauncherIntegration(IntegrationTestSuite):
+    pass
+
+
+def _store_snapshot(directory: Path) -> dict:
+    """Per run name: params, tags that do not depend on time or process, metrics, predictions, artifacts."""
+    client = MlflowClient(store_uri(directory))
+    out = {}
+    for run in runs_of(directory):
+        if run.data.tags.get("xorexp.role") == "sweep":
+            continue
+        run_id = run.info.run_id
+        history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        local = client.download_artifacts(run_id, "predictions.json", str(directory / "dl" / run_id))
+        predictions = json.loads(Path(local).read_text())["predictions"]
+        artifacts = sorted(
+            a.path for path in (None, "plots", ".hydra") for a in client.list_artifacts(run_id, path)
+        )
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith("xorexp.") and k != "xorexp.pid"}
+        out[run.info.run_name] = {
+            "status": run.info.status,
+            "params": run.data.params,
+            "tags": tags,
+            "metrics": run.data.metrics,
+            "loss": [(m.step, m.value.hex()) for m in history],
+            "predictions": [None if v is None else v.hex() for v in predictions],
+            "artifacts": artifacts,
+        }
+    return out
+
+
+@pytest.mark.slow
+def test_store_is_the_same_under_basic_and_vectorized(tmp_path):
+    sweep = ["-m", "hidden_units=2,3", "lr=0.5,4,2000", "seed=0,1,2,3", "iterations=700", "trace_every=50"]
+    snapshots = {}
+    for launcher in ("basic", "vectorized"):
+        where = tmp_path / launcher
+        where.mkdir()
+        proc = run_cli(where, *sweep, f"hydra/launcher={launcher}", f"hydra.sweep.dir={where}/multirun")
+        assert proc.returncode == 0, proc.stderr
+        snapshots[launcher] = _store_snapshot(where)
+    assert len(snapshots["basic"]) == 24
+    outcomes = {v["tags"]["xorexp.outcome"] for v in snapshots["basic"].values()}
+    assert "diverged" in outcomes and len(outcomes) >= 2
+    assert snapshots["vectorized"] == snapshots["basic"]
+
+
+@pytest.mark.slow
+def test_workers_and_chunks_do_not_change_bits(tmp_path):
+    sweep = ["-m", "seed=range(0,40)", "lr=0.5,3", "iterations=400"]
+    snapshots = {}
+    for name, flags in {
+        "in_process": ["hydra.launcher.n_jobs=1"],
+        "two_workers_chunks_of_7": ["hydra.launcher.n_jobs=2", "hydra.launcher.chunk_size=7"],
+    }.items():
+        where = tmp_path / name
+        where.mkdir()
+        proc = run_cli(where, *sweep, *flags, f"hydra.sweep.dir={where}/multirun")
+        assert proc.returncode == 0, proc.stderr
+        snapshots[name] = _store_snapshot(where)
+    assert len(snapshots["in_process"]) == 80
+    assert snapshots["in_process"] == snapshots["two_workers_chunks_of_7"]
