@@ -12,6 +12,7 @@ import math
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -19,25 +20,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from xorexp import parent_run, tracking
 from xorexp.chunks import render_run_plots
-from xorexp.config import ConfigError
 from xorexp.train import RunResult, RunSpec, train
 
 log = logging.getLogger(__name__)
 JOB_RECORD = "xorexp_job.json"  # in each job's output dir: what the job did, for the sweep's summary
 # Results a launcher trained (and plots it rendered) ahead of the jobs: a job whose spec is here
 # logs that result instead of training. Same spec, same bits: the store cannot tell the difference.
-PRECOMPUTED: dict[RunSpec, tuple[RunResult, dict[str, bytes] | None]] = {}
+PRECOMPUTED: dict[RunSpec, tuple[RunResult | None, dict[str, bytes] | Exception | None]] = {}
 
 
-def fail(error: ConfigError) -> None:
-    """Report bad input in one line and stop with status 2."""
+def fail(error: Exception) -> NoReturn:
+    """Report bad input (or an unusable store) in one line and stop with status 2."""
     print(f"xorexp: {error}", file=sys.stderr)
     raise SystemExit(2)
 
 
 @functools.cache
 def store_for(uri: str | None, experiment: str, launch_dir: str) -> tracking.Store:
-    return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment)
+    """The opened store of a job or sweep; an unreachable one stops the command in one line."""
+    try:
+        return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment)
+    except tracking.StoreError as error:
+        fail(error)
 
 
 def job_store(cfg: DictConfig) -> tracking.Store:
@@ -121,6 +125,7 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
             result, pngs = precomputed
             if isinstance(pngs, Exception):  # the launcher's worker failed on this run
                 raise pngs
+            assert result is not None
             run_id = tracking.start_run(
                 store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
             )

@@ -17,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +137,31 @@ class Store:
     client: MlflowClient
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be used (e.g. a tracking server that does not answer)."""
+
+
+SERVER_TIMEOUT_S = 5.0
+
+
+def check_server(uri: str) -> None:
+    """An http(s) tracking URI must answer ``/health`` within seconds (MLflow's own client would
+    retry for minutes before failing)."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=SERVER_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (OSError, urllib.error.URLError) as error:
+        problem = str(getattr(error, "reason", error))
+    raise StoreError(f"tracking server {uri} does not answer ({problem}): start it or fix tracking.uri")
+
+
 def open_store(uri: str, experiment: str) -> Store:
     """Open (creating and migrating if new) the store and the experiment. Call once per launch."""
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:

@@ -197,15 +197,30 @@ def _thread_env(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+Plots = dict[str, bytes] | Exception | None
+
+
 class _Workers:
-    """Trains chunks and renders plots, in worker processes when the sweep is big enough."""
+    """Trains chunks and renders plots: in this process for small sweeps, else in worker processes
+    (backend ``local``) or as tasks on a Ray cluster (backend ``ray``). Whatever the backend, results
+    come back here and only this process writes to the store.
+
+    An executor is anything with ``submit(fn, *args) -> concurrent.futures.Future`` and ``shutdown()``.
+    """
 
     def __init__(self, launcher, n_runs: int) -> None:
         self.chunk_size = max(1, int(launcher.chunk_size))
         n_jobs = int(launcher.n_jobs)
         self.n_workers = (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
-        self.pool: ProcessPoolExecutor | None = None
-        if self.n_workers > 1 and n_runs >= MIN_RUNS_FOR_WORKERS:
+        self.pool = None
+        backend = str(launcher.backend)
+        if backend == "ray":
+            from ._ray_backend import RayExecutor
+
+            self.pool = RayExecutor(launcher.ray)
+        elif backend != "local":
+            fail(ConfigError(f"invalid config: hydra.launcher.backend={backend!r}: must be 'local' or 'ray'"))
+        elif self.n_workers > 1 and n_runs >= MIN_RUNS_FOR_WORKERS:
             with _thread_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
                 self.pool = ProcessPoolExecutor(self.n_workers, mp_context=get_context("spawn"))
                 # start every worker now, inside the environment above
@@ -217,32 +232,42 @@ class _Workers:
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown()
 
-    def results(self, jobs: list[Job]) -> Iterator[tuple[Job, RunResult, dict[str, bytes] | Exception]]:
-        """(job, result, plots) for every job, chunk after chunk, in job order within a chunk."""
+    def results(self, jobs: list[Job]) -> Iterator[tuple[Job, RunResult | None, Plots]]:
+        """(job, result, plots) for every job, chunk after chunk, in job order within a chunk.
+
+        plots is None when the job should render them itself, an Exception when a worker failed on
+        that job (then result may be None too).
+        """
         plan = chunks.plan_chunks([job.spec for job in jobs], self.chunk_size)
         if self.pool is None:
             for members in plan:
                 batch = [jobs[i] for i in members]
                 for job, result in zip(batch, chunks.train_chunk([j.spec for j in batch]), strict=True):
-                    yield job, result, None  # the job renders its own plots
+                    yield job, result, None
             return
         trained = [self.pool.submit(chunks.train_chunk, [jobs[i].spec for i in members]) for members in plan]
         for members, future in zip(plan, trained, strict=True):
             batch = [jobs[i] for i in members]
-            results = future.result()
-            renders = self._render(batch, results)
-            for start, render in renders:
-                pngs_list = render.result()
-                for offset, pngs in enumerate(pngs_list):
-                    k = start + offset
-                    yield batch[k], results[k], pngs
+            try:
+                results = future.result()
+            except Exception as error:  # the whole chunk is lost: each of its jobs fails alone
+                failure = chunks.WorkerError(f"training chunk failed: {type(error).__name__}: {error}")
+                for job in batch:
+                    yield job, None, failure
+                continue
+            for start, render in self._render(results):
+                try:
+                    pngs_list = render.result()
+                except Exception as error:
+                    pngs_list = [chunks.WorkerError(f"{type(error).__name__}: {error}")] * RENDER_BATCH
+                for offset, pngs in enumerate(pngs_list[: len(batch) - start]):
+                    yield batch[start + offset], results[start + offset], pngs
 
-    def _render(self, batch: list[Job], results: list[RunResult]) -> list[tuple[int, Future]]:
-        assert self.pool is not None
+    def _render(self, results: list[RunResult]) -> list[tuple[int, Future]]:
         out = []
-        for start in range(0, len(batch), RENDER_BATCH):
+        for start in range(0, len(results), RENDER_BATCH):
             items = [(r, tracking.run_name(r.spec)) for r in results[start : start + RENDER_BATCH]]
             out.append((start, self.pool.submit(chunks.render_many, items)))
         return out
