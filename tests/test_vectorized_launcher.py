@@ -43,6 +43,9 @@ class TestVectorizedLauncherIntegration(IntegrationTestSuite):
     pass
 
 
+PER_PROCESS = {"xorexp.pid", "xorexp.command"}  # tags that name the process, not the run
+
+
 def _store_snapshot(directory: Path) -> dict:
     """Per run name: params, tags that do not depend on time or process, metrics, predictions, artifacts."""
     client = MlflowClient(store_uri(directory))
@@ -57,7 +60,7 @@ def _store_snapshot(directory: Path) -> dict:
         artifacts = sorted(
             a.path for path in (None, "plots", ".hydra") for a in client.list_artifacts(run_id, path)
         )
-        tags = {k: v for k, v in run.data.tags.items() if k.startswith("xorexp.") and k != "xorexp.pid"}
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith("xorexp.") and k not in PER_PROCESS}
         out[run.info.run_name] = {
             "status": run.info.status,
             "params": run.data.params,

@@ -17,7 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from xorexp import parent_run, report, tracking
+from xorexp import parent_run, progress, report, tracking
 from xorexp.config import ConfigError, check_sweep, count_jobs
 from xorexp.job import JOB_RECORD, fail, store_for
 from xorexp.progress import SweepProgress
@@ -68,7 +68,7 @@ class SweepCallback(Callback):
         }
         run_id = tracking.start_parent(store, sweep_name(config), tags)
         parent_run.write(config.hydra.sweep.dir, parent_run.ParentRun(run_id, store.uri, store.experiment_id))
-        self.progress = SweepProgress(count_jobs(config))
+        self.progress = progress.ACTIVE = SweepProgress(count_jobs(config))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self.progress is None:  # a single run, or a job in another process
@@ -81,6 +81,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.progress is not None:
             self.progress.close()
+            progress.ACTIVE = None
         parent = parent_run.read(config.hydra.sweep.dir)
         if parent is None:
             return

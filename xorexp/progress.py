@@ -45,3 +45,8 @@ class SweepProgress:
         if self.enabled and self.done:
             self.stream.write("\n")
             self.stream.flush()
+
+
+# The running sweep's progress in this process (set by the sweep callback), for launchers whose jobs'
+# callbacks run in other processes.
+ACTIVE: SweepProgress | None = None

@@ -1,0 +1,79 @@
+"""End-to-end sweep timings with full tracking (sqlite store, plots, Hydra job dirs).
+
+    python benchmarks/bench_sweep.py [--seeds 100] [--skip-basic]
+
+1. The same sweep (h=2, lr on 10 values x N seeds, 10,000 iterations; 1,000 runs by default) under
+   the basic launcher and under the vectorized launcher, each into a fresh store, with the ratio.
+2. The wall time of ``python -m xorexp -m lr=0.01,0.1,1`` (defaults: 150,000 iterations) on an
+   existing store, and, measured apart, what of it is imports and store opening.
+
+Prints figures; asserts nothing. Each command runs in a fresh directory under a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LRS = "0.01,0.02,0.05,0.1,0.2,0.5,1,2,5,10"
+
+
+def run(cwd: Path, *args: str) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def count_runs(cwd: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(cwd / "mlflow.db") as db:
+        return db.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=100, help="seeds per lr (10 lrs)")
+    parser.add_argument("--skip-basic", action="store_true", help="only the vectorized launcher")
+    args = parser.parse_args()
+    n_runs = 10 * args.seeds
+    sweep = ["-m", "xorexp", "-m", f"lr={LRS}", f"seed=range(0,{args.seeds})", "iterations=10000"]
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        root = Path(tmp)
+        times = {}
+        for launcher in ("vectorized",) + (() if args.skip_basic else ("basic",)):
+            where = root / launcher
+            where.mkdir()
+            times[launcher] = run(where, *sweep, f"hydra/launcher={launcher}")
+            print(f"{launcher:>10}: {n_runs} runs in {times[launcher]:7.1f} s wall "
+                  f"({1000 * times[launcher] / n_runs:.1f} ms per run; {count_runs(where) - 1} runs FINISHED)")
+        if "basic" in times:
+            print(f"     ratio: basic / vectorized = {times['basic'] / times['vectorized']:.1f}x")
+
+        where = root / "small"
+        where.mkdir()
+        run(where, "-m", "xorexp", "iterations=10")  # creates the store: the next timings use an existing one
+        small = [run(where, "-m", "xorexp", "-m", "lr=0.01,0.1,1") for _ in range(2)]
+        imports = [run(where, "-c", "import xorexp.app, xorexp.callbacks") for _ in range(3)]
+        opening = [
+            run(where, "-c", f"from xorexp import tracking; tracking.open_store('sqlite:///{where}/mlflow.db', 'xorexp')")
+            for _ in range(3)
+        ]
+        bare = [run(where, "-c", "pass") for _ in range(3)]
+        print(f"python -m xorexp -m lr=0.01,0.1,1 (existing store): {min(small):.2f} s wall (best of 2)")
+        print(f"  of which: python start {min(bare):.2f} s, imports {min(imports) - min(bare):.2f} s, "
+              f"opening the store {min(opening) - min(bare):.2f} s (separate processes, best of 3)")
+
+
+if __name__ == "__main__":
+    main()
