@@ -83,8 +83,11 @@ def test_solved_run_records_first_solved_trace_step():
     assert result.outcome == "solved" and result.accuracy == 1.0
     assert result.solved_at is not None and result.solved_at % 100 == 0
     # it was not solved one trace step earlier
-    [before] = train([RunSpec(lr=10.0, seed=0, iterations=result.solved_at)])
-    assert before.solved_at is None
+    [before] = train([RunSpec(lr=10.0, seed=0, iterations=result.solved_at - 1)])
+    assert before.solved_at in (None, before.steps)  # not at any of its trace steps
+    # a run right only after its last trace step gets its final step count
+    [late] = train([RunSpec(lr=10.0, seed=0, iterations=result.solved_at, trace_every=10 * result.solved_at)])
+    assert late.outcome == "solved" and late.solved_at == result.solved_at == late.steps
 
 
 def test_stop_loss_stops_at_first_trace_step_below_it():

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xorexp import parent_run, tracking
 from xorexp.chunks import render_run_plots
+from xorexp.progress import IterationProgress
 from xorexp.train import RunResult, RunSpec, train
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
         precomputed = PRECOMPUTED.get(spec)
         if precomputed is None:  # train here, the run RUNNING meanwhile
             run_id = tracking.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
-            [result] = train([spec])
+            iterations = IterationProgress() if not multirun else None
+            [result] = train([spec], progress=iterations)
+            if iterations is not None:
+                iterations.close()
             track(store, run_id, result, cfg)
         else:  # trained by the launcher
             result, pngs = precomputed

@@ -47,6 +47,30 @@ class SweepProgress:
             self.stream.flush()
 
 
+class IterationProgress:
+    """A long single run: its iterations, rewritten in place at most twice a second."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.5:
+            return
+        self.last = now
+        self.shown = True
+        self.stream.write(f"\r[xorexp] iteration {step:,}/{total:,}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 # The running sweep's progress in this process (set by the sweep callback), for launchers whose jobs'
 # callbacks run in other processes.
 ACTIVE: SweepProgress | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +18,7 @@ from xorexp import nn
 from xorexp.data import N_SAMPLES, X, Y
 
 SEED_MAX = 2**32 - 1
+Progress = Callable[[int, int], None]  # progress(step, total steps of the batch)
 OUTCOMES = ("solved", "stuck", "diverged")
 
 _Y = Y[0]  # (4,)
@@ -87,7 +88,9 @@ class RunResult:
     final_loss: float  # loss of ``predictions``; inf or nan when diverged
     steps: int  # gradient steps actually taken
     outcome: str  # one of OUTCOMES
-    solved_at: int | None = None  # first trace step at which all four outputs were right
+    # first trace step at which all four outputs were right; a run right only after its last trace
+    # step gets its final step count
+    solved_at: int | None = None
     trace_steps: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +193,7 @@ def gradients(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return loss, bufs.grads
 
 
-def _train_batch(specs: Sequence[RunSpec]) -> list[RunResult]:
+def _train_batch(specs: Sequence[RunSpec], progress: Progress | None = None) -> list[RunResult]:
     """Train runs sharing hidden_units and trace_every as one batch."""
     h, every = specs[0].hidden_units, specs[0].trace_every
     n = len(specs)
@@ -223,6 +226,8 @@ def _train_batch(specs: Sequence[RunSpec]) -> list[RunResult]:
         for step in range(int(iterations.max())):
             _forward(bufs)
             if step % every == 0:  # the loss only on trace steps (it costs ~20% of a step)
+                if progress is not None:
+                    progress(step, int(iterations.max()))
                 loss = nn.bce_loss(bufs.yhat, _Y)
                 bad = ~(np.isfinite(loss) & np.isfinite(bufs.block).all(axis=0))
                 ok = ~bad
@@ -256,6 +261,8 @@ def _train_batch(specs: Sequence[RunSpec]) -> list[RunResult]:
             outcome = "diverged"
         else:
             outcome = "solved" if solved[i] else "stuck"
+        if outcome == "solved" and solved_at[i] < 0:  # became right after its last trace step
+            solved_at[i] = steps[i]
         results.append(
             RunResult(
                 spec=spec,
@@ -276,8 +283,13 @@ def batch_key(spec: RunSpec) -> tuple[int, int]:
     return spec.hidden_units, spec.trace_every
 
 
-def train(specs: Sequence[RunSpec], chunk_size: int = 2000) -> list[RunResult]:
-    """Train every run; results in the order of ``specs``. Batches of at most ``chunk_size`` runs."""
+def train(
+    specs: Sequence[RunSpec], chunk_size: int = 2000, progress: Progress | None = None
+) -> list[RunResult]:
+    """Train every run; results in the order of ``specs``. Batches of at most ``chunk_size`` runs.
+
+    ``progress(step, total)`` is called at every trace step of each batch, if given.
+    """
     groups: dict[tuple[int, int], list[int]] = {}
     for i, spec in enumerate(specs):
         groups.setdefault(batch_key(spec), []).append(i)
@@ -285,6 +297,6 @@ def train(specs: Sequence[RunSpec], chunk_size: int = 2000) -> list[RunResult]:
     for members in groups.values():
         for start in range(0, len(members), chunk_size):
             chunk = members[start : start + chunk_size]
-            for i, result in zip(chunk, _train_batch([specs[i] for i in chunk]), strict=True):
+            for i, result in zip(chunk, _train_batch([specs[i] for i in chunk], progress), strict=True):
                 results[i] = result
     return results  # type: ignore[return-value]
