@@ -1,0 +1,112 @@
+"""What logging one finished run costs on the sqlite store, as the launcher's jobs log it.
+
+    python benchmarks/bench_tracking.py [--runs 200]
+
+Trains the runs of the benchmark sweep (h=2, lr on 10 values, 10,000 iterations: 100 trace points),
+then, in this one process and into a fresh store:
+- renders each run's two PNGs (``chunks.render_run_plots``), ms per run;
+- logs each run exactly as a job does after the vectorized launcher trained it
+  (``tracking.start_run(with_params=False)`` + ``tracking.log_result`` with params, tags, the trace,
+  predictions, config.yaml, a .hydra folder and the two PNGs), ms per run;
+- the same with 1,500-point traces (150,000 iterations, the default), ms per run;
+- the 100-point case again with the runs split over 2 processes logging at once into the same store
+  (as the vectorized launcher's workers do): wall time per run, the cost a sweep actually pays.
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from xorexp import chunks, tracking
+from xorexp.train import RunSpec, train
+
+LRS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+
+
+def log_all(store, results, pngs, hydra_dir: Path) -> list[float]:
+    times = []
+    config = "hidden_units: 2\nlr: 0.1\n"
+    for result, plots in zip(results, pngs, strict=True):
+        start = time.perf_counter()
+        run_id = tracking.start_run(store, result.spec, tags={"xorexp.overrides": "x"}, with_params=False)
+        tracking.log_result(
+            store,
+            run_id,
+            result,
+            blobs=plots,
+            files={"config.yaml": config},
+            dirs={".hydra": hydra_dir},
+            params_logged=False,
+        )
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _log_share(args) -> None:
+    uri, results, pngs, hydra_dir = args
+    store = tracking.open_store(uri, "bench")
+    log_all(store, results, pngs, Path(hydra_dir))
+
+
+def _warm(_: int) -> int:
+    return os.getpid()
+
+
+def log_in_processes(uri: str, results, pngs, hydra_dir: Path, processes: int) -> float:
+    """Wall seconds per run with the runs split over ``processes`` concurrent writers."""
+    shares = [(uri, results[i::processes], pngs[i::processes], str(hydra_dir)) for i in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_warm, range(processes)))  # workers started and imported before timing
+        start = time.perf_counter()
+        list(pool.map(_log_share, shares))
+        return (time.perf_counter() - start) / len(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=200)
+    args = parser.parse_args()
+    specs = [RunSpec(lr=LRS[i % len(LRS)], seed=i, iterations=10_000) for i in range(args.runs)]
+    long_specs = [RunSpec(lr=LRS[i % len(LRS)], seed=i) for i in range(min(args.runs, 50))]
+    results, long_results = train(specs), train(long_specs)
+    with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
+        root = Path(tmp)
+        hydra_dir = root / "hydra"
+        hydra_dir.mkdir()
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (hydra_dir / name).write_text("x: 1\n" * 40)
+        start = time.perf_counter()
+        pngs = [chunks.render_run_plots(r, tracking.run_name(r.spec)) for r in results]
+        render_ms = 1000 * (time.perf_counter() - start) / len(results)
+        long_pngs = [chunks.render_run_plots(r, tracking.run_name(r.spec)) for r in long_results]
+
+        store = tracking.open_store(f"sqlite:///{root / 'mlflow.db'}", "bench")
+        log_all(store, results[:5], pngs[:5], hydra_dir)  # warm-up: first calls create tables' caches
+        times = log_all(store, results, pngs, hydra_dir)
+        long_times = log_all(store, long_results, long_pngs, hydra_dir)
+        parallel = log_in_processes(store.uri, results, pngs, hydra_dir, 2)
+
+    def describe(ts: list[float]) -> str:
+        ms = [1000 * t for t in ts]
+        p90 = sorted(ms)[int(0.9 * len(ms))]
+        mean, median = statistics.mean(ms), statistics.median(ms)
+        return f"mean {mean:6.1f} ms, median {median:6.1f} ms, p90 {p90:6.1f} ms"
+
+    print(f"render two PNGs           : {render_ms:6.1f} ms per run (one process)")
+    print(f"log, 100-point trace      : {describe(times)}  over {len(times)} runs")
+    print(f"log, 1,500-point trace    : {describe(long_times)}  over {len(long_times)} runs")
+    print(f"log, 2 processes at once  : {1000 * parallel:6.1f} ms wall per run over {len(results)} runs")
+    both = statistics.mean(times) * 1000 + render_ms
+    print(f"log + render, 100 points  : {both:6.1f} ms per run in one process")
+
+
+if __name__ == "__main__":
+    main()
