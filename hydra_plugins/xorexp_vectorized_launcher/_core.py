@@ -29,7 +29,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import cloudpickle
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
@@ -100,8 +99,7 @@ def _run_job(hydra_context, task_function, composer: Composer, job: Job) -> JobR
     with open_dict(cfg):
         cfg.hydra.job.id = f"{cfg.hydra.job.name}_{job.idx}"
         cfg.hydra.job.num = job.idx
-    HydraConfig.instance().set_config(cfg)
-    ret = run_job(
+    ret = run_job(  # sets HydraConfig itself
         hydra_context=hydra_context,
         task_function=task_function,
         config=cfg,
