@@ -354,15 +354,12 @@ def test_a_server_that_accepts_but_never_answers_fails_within_seconds(tmp_path):
     assert not list(tmp_path.rglob("xorexp_job.json"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: xorexp.report lets StoreError escape as a traceback (exit 1)")
 def test_report_against_a_dead_server_fails_in_one_line(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
     proc = run_cli(tmp_path, "--tracking-uri", uri, module="xorexp.report", timeout=120)
     assert_one_line_refusal(proc, uri, "xorexp.report: tracking server")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: MLflow prints two 'View run/experiment' URL lines per ended run "
-                                       "to stdout with an http URI, burying the summary table")
 def test_sweep_output_against_the_server_is_as_quiet_as_locally(server_sweep, local_sweep):
     assert server_sweep.proc.returncode == 0 and local_sweep.proc.returncode == 0
     assert "View run" not in server_sweep.proc.stdout

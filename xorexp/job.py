@@ -79,6 +79,7 @@ def track(
         files={"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)},
         dirs=dirs,
         params_logged=params_logged,
+        model=hc.mode != RunMode.MULTIRUN,  # a sweep's best run gets its model at the sweep's end
     )
 
 

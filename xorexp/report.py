@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from xorexp import plots, summary, tracking
 
+log = logging.getLogger(__name__)
+
 REUSED_FILE = "reused_runs.json"  # artifact of the parent: ids of FINISHED runs reused by the sweep
+TAG_BEST_MODEL = "xorexp.best_model"  # on the parent: runs:/<best run id>/model
 
 
 def collect(store: tracking.Store, parent_run_id: str, reused_ids: list[str] | None = None) -> list:
@@ -31,6 +36,24 @@ def collect(store: tracking.Store, parent_run_id: str, reused_ids: list[str] | N
 def loss_curves(store: tracking.Store, groups: list) -> list:
     """Per group, the logged loss traces of its runs, as (steps, values) pairs."""
     return [[tracking.loss_history(store, run_id) for run_id in group.run_ids] for group in groups]
+
+
+def log_best_model(store: tracking.Store, run_id: str) -> bool:
+    """Give the sweep's best run its MLflow model (from its ``model/params.npz``); False if it cannot."""
+    try:
+        if tracking.has_model(store, run_id):
+            return True
+        with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
+            try:
+                params_file = store.client.download_artifacts(run_id, tracking.PARAMS_ARTIFACT, tmp)
+            except Exception:
+                log.warning("best run %s has no %s: no model logged", run_id, tracking.PARAMS_ARTIFACT)
+                return False
+            tracking.log_model(store, run_id, params_file)
+        return True
+    except Exception:
+        log.warning("could not log the model of best run %s", run_id, exc_info=True)
+        return False
 
 
 def finish_sweep(store: tracking.Store, parent_run_id: str, reused_ids: list[str]) -> int:
@@ -53,6 +76,8 @@ def finish_sweep(store: tracking.Store, parent_run_id: str, reused_ids: list[str
                 metrics[f"best.{name}"] = float(value)
         tags["xorexp.best_run_id"] = best.best_run_id or ""
         tags.update({f"xorexp.best.{key}": value for key, value in best.params.items()})
+        if best.best_run_id and log_best_model(store, best.best_run_id):
+            tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{tracking.MODEL_NAME}"
     figures = {}
     if records:
         figures = {
@@ -84,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         print(f"xorexp.report: no store at {uri}", file=sys.stderr)
         return 2
-    store = tracking.open_store(uri, args.experiment)
+    try:
+        store = tracking.open_store(uri, args.experiment)
+    except tracking.StoreError as error:
+        print(f"xorexp.report: {error}", file=sys.stderr)
+        return 2
     parent = args.run or tracking.latest_sweep(store)
     if parent is None:
         print(f"xorexp.report: no sweep in experiment {args.experiment!r} of {uri}", file=sys.stderr)

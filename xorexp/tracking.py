@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from xorexp import provenance
 from xorexp.data import X, Y
 from xorexp.train import RunResult, RunSpec
 
@@ -48,6 +50,9 @@ TAG_REUSED = "xorexp.reused_runs"  # on a parent: how many FINISHED runs were re
 TAG_TRIAL = "xorexp.trial"
 TAG_HOST = "xorexp.host"
 TAG_PID = "xorexp.pid"
+TAG_REPLAY_OF = "xorexp.replay_of"  # on a run made by ``python -m xorexp.replay --log``
+PARAMS_ARTIFACT = "model/params.npz"  # every run: W1, B1, W2, B2 as trained
+MODEL_NAME = "model"  # the MLflow model of a run (single runs, a sweep's best run): runs:/<id>/model
 
 
 def resolve_uri(uri: str | None, launch_dir: str | Path) -> str:
@@ -162,6 +167,14 @@ def open_store(uri: str, experiment: str) -> Store:
     """Open (creating and migrating if new) the store and the experiment. Call once per launch."""
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+        # MLflow prints two "View run ..." lines per ended run to stdout with a server, and a progress
+        # bar per artifact download; a sweep's summary would drown in them. Its HTTP retries (7, 120 s
+        # timeout) would make a server that dies mid-sweep hang each call for minutes. A user's own
+        # settings of these variables win.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
@@ -207,6 +220,7 @@ def run_tags(spec: RunSpec, tags: Mapping[str, str] | None, parent_run_id: str |
     return {
         TAG_HASH: config_hash(spec),
         **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
+        **provenance.tags(),
         **({TAG_PARENT: parent_run_id} if parent_run_id else {}),
         **process_tags(),
         **(tags or {}),
@@ -243,8 +257,15 @@ def log_result(
     files: Mapping[str, str] | None = None,
     dirs: Mapping[str, Path] | None = None,
     params_logged: bool = True,
+    model: bool | None = None,
 ) -> None:
-    """Fill a run with the result (metrics, outcome, artifacts) and mark it FINISHED."""
+    """Fill a run with the result (metrics, outcome, artifacts) and mark it FINISHED.
+
+    Artifacts always include ``model/params.npz`` and, from a dirty checkout, the diff
+    (``provenance/git_diff.patch``), all in the run's one upload. ``model`` says whether to add the
+    MLflow model (the rest of ``model/``, ~15 ms more); None: only for a run that is not part of a
+    sweep (no parent run; costs one read, pass it explicitly to save that).
+    """
     metrics = run_metrics(result, int(time.time() * 1000))
     params = [] if params_logged else [Param(k, v) for k, v in result_params(result.spec).items()]
     outcome = [RunTag(TAG_OUTCOME, result.outcome)]
@@ -252,8 +273,87 @@ def log_result(
     for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
         store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
     documents = {"predictions.json": json.dumps(predictions_document(result), indent=1)}
-    log_files(store, run_id, files={**documents, **(files or {})}, blobs=blobs, dirs=dirs)
+    if model is None:
+        model = TAG_PARENT not in store.client.get_run(run_id).data.tags
+    params_file = params_npz(result)
+    with tempfile.TemporaryDirectory(prefix="xorexp-model-") as tmp:
+        model_dirs = {}
+        if model:
+            try:
+                model_dirs[MODEL_NAME] = save_model(Path(tmp), run_id, params_file)
+            except Exception:  # the run's results matter more than its packaged model
+                log.warning("run %s: could not save its MLflow model", run_id, exc_info=True)
+        log_files(
+            store,
+            run_id,
+            files={**documents, **provenance.artifacts(), **(files or {})},
+            blobs={PARAMS_ARTIFACT: params_file, **(blobs or {})},
+            dirs={**(dirs or {}), **model_dirs},
+        )
     finish_run(store, run_id, "FINISHED")
+
+
+def log_replay(
+    store: Store,
+    result: RunResult,
+    *,
+    replay_of: str,
+    blobs: Mapping[str, bytes] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> str:
+    """A replay (``python -m xorexp.replay --log``) as a new run with the contract of any run
+    (no Hydra files: it did not go through Hydra), tagged ``xorexp.replay_of``; returns its id."""
+    run_id = start_run(store, result.spec, tags={TAG_REPLAY_OF: replay_of}, with_params=False)
+    try:
+        log_result(store, run_id, result, blobs=blobs, files=files, params_logged=False, model=True)
+    except Exception:
+        finish_run(store, run_id, "FAILED")
+        raise
+    return run_id
+
+
+def params_npz(result: RunResult) -> bytes:
+    """The trained parameters W1, B1, W2, B2 (the spec's shapes) as the bytes of an .npz file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **result.arrays())
+    return buffer.getvalue()
+
+
+def save_model(where: Path, run_id: str, params_file: bytes | str | Path) -> Path:
+    """The MLflow model directory of a run's trained network, written under ``where``; returns it.
+
+    Uploaded as the run's ``model/`` artifacts, it is what ``runs:/<run_id>/model`` resolves to.
+    Not a LoggedModel entity (what ``mlflow.pyfunc.log_model`` makes in MLflow 3): MLflow 3.17
+    resolves a LoggedModel behind ``runs:/`` with the *global* tracking URI, so an
+    ``MlflowClient(uri)`` listing or downloading ``model/...`` of such a run fails (and creates
+    ``./mlflow.db``) unless that URI is also set globally; run artifacts have no such trap, and go
+    in the run's single upload.
+    """
+    from mlflow.models import Model
+
+    from xorexp import model as xor_model
+
+    params_path = where / "params.npz"
+    if isinstance(params_file, bytes):
+        params_path.write_bytes(params_file)
+    else:
+        shutil.copyfile(params_file, params_path)
+    local = where / MODEL_NAME
+    xor_model.save(local, params_path, mlflow_model=Model(artifact_path=MODEL_NAME, run_id=run_id))
+    return local
+
+
+def log_model(store: Store, run_id: str, params_file: bytes | str | Path) -> None:
+    """Add the MLflow model (``runs:/<run_id>/model``) to a run that has its params, e.g. a sweep's best."""
+    with tempfile.TemporaryDirectory(prefix="xorexp-model-") as tmp:
+        local = save_model(Path(tmp), run_id, params_file)
+        store.client.log_artifacts(run_id, str(local), MODEL_NAME)
+
+
+def has_model(store: Store, run_id: str) -> bool:
+    """Whether the run has an MLflow model at ``model/``."""
+    items = store.client.list_artifacts(run_id, MODEL_NAME)
+    return any(item.path == f"{MODEL_NAME}/MLmodel" for item in items)
 
 
 def log_files(
@@ -327,6 +427,7 @@ def start_parent(store: Store, name: str, tags: Mapping[str, str]) -> str:
     all_tags = {
         TAG_ROLE: "sweep",
         **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
+        **provenance.tags(),
         **process_tags(),
         **tags,
     }

@@ -1,0 +1,134 @@
+"""The trained network as an MLflow pyfunc model (models from code): same bits as predictions.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, read_artifact_json, run_cli, runs_of, store_uri
+from xorexp import model, tracking
+from xorexp.data import X
+from xorexp.train import RunSpec, train
+
+XOR = pd.DataFrame({"x1": X[0], "x2": X[1]})  # float64
+
+
+def test_forward_of_a_params_file_has_the_bits_of_the_engine(tmp_path):
+    results = train(
+        [RunSpec(hidden_units=h, lr=2.0, iterations=700, seed=s) for h in (1, 3) for s in range(4)]
+    )
+    for result in results:
+        path = tmp_path / "params.npz"
+        path.write_bytes(tracking.params_npz(result))
+        arrays = model.load_params(path)
+        assert arrays["W1"].shape == (result.spec.hidden_units, 2) and arrays["B2"].shape == (1, 1)
+        assert model.predict_proba(arrays, X).tobytes() == result.predictions.tobytes()
+
+
+def test_logged_model_loads_and_predicts_the_logged_bits(tmp_path, monkeypatch):
+    uri = store_uri(tmp_path)
+    store = tracking.open_store(uri, "xorexp")
+    [result] = train([RunSpec(iterations=1500, seed=7, lr=0.8)])
+    run_id = tracking.start_run(store, result.spec)
+    tracking.log_result(store, run_id, result)  # no parent: gets a model
+    assert tracking.has_model(store, run_id)
+    assert store.client.get_run(run_id).info.status == "FINISHED"
+    names = {a.path for a in store.client.list_artifacts(run_id, "model")}
+    assert {"model/MLmodel", "model/params.npz", "model/artifacts", "model/code"} <= names
+    assert not [p for p in names if p.endswith((".pkl", ".pickle", ".cloudpickle"))]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    out = loaded.predict(XOR)
+    probability = np.asarray(out["probability"], dtype=np.float64)
+    doc = read_artifact_json(tmp_path, run_id, "predictions.json")
+    assert probability.tobytes() == np.array(doc["predictions"]).tobytes()
+    assert probability.tobytes() == result.predictions.tobytes()
+    schema = loaded.metadata.get_input_schema()
+    assert schema.input_names() == ["x1", "x2"]
+
+
+def test_a_sweep_child_gets_params_but_no_model(tmp_path):
+    store = tracking.open_store(store_uri(tmp_path), "xorexp")
+    parent = tracking.start_parent(store, "sweep", {})
+    [result] = train([RunSpec(iterations=300)])
+    run_id = tracking.start_run(store, result.spec, parent_run_id=parent)
+    tracking.log_result(store, run_id, result)
+    assert not tracking.has_model(store, run_id)
+    names = [a.path for a in store.client.list_artifacts(run_id, "model")]
+    assert names == [tracking.PARAMS_ARTIFACT]
+
+
+@pytest.mark.slow
+def test_single_run_model_and_offline_predict_cli(tmp_path):
+    proc = run_cli(tmp_path, "iterations=1200", "seed=2", "lr=0.7")
+    assert proc.returncode == 0, proc.stderr
+    [run] = runs_of(tmp_path)
+    run_id = run.info.run_id
+    doc = read_artifact_json(tmp_path, run_id, "predictions.json")
+    (tmp_path / "xor.csv").write_text("x1,x2\n0.0,0.0\n0.0,1.0\n1.0,0.0\n1.0,1.0\n")
+    env = {
+        "MLFLOW_TRACKING_URI": store_uri(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "NO_PROXY": "*",
+        "HTTP_PROXY": "http://127.0.0.1:9",  # any attempt to reach the network fails
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "PIP_NO_INDEX": "1",
+    }
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "predict",
+            "-m",
+            f"runs:/{run_id}/model",
+            "--env-manager",
+            "local",
+            "-i",
+            str(tmp_path / "xor.csv"),
+            "-t",
+            "csv",
+            "-o",
+            str(tmp_path / "out.json"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_base_env(), **env},
+        stdin=subprocess.DEVNULL,
+    )
+    assert cli.returncode == 0, cli.stderr
+    predicted = [row["probability"] for row in json.loads((tmp_path / "out.json").read_text())["predictions"]]
+    assert np.array(predicted).tobytes() == np.array(doc["predictions"]).tobytes()
+
+
+def _base_env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+@pytest.mark.slow
+def test_sweep_logs_a_model_for_its_best_run_only(tmp_path):
+    proc = run_cli(tmp_path, "-m", "seed=0,1,2", "lr=0.5,4", "iterations=800")
+    assert proc.returncode == 0, proc.stderr
+    runs = runs_of(tmp_path)
+    [parent] = [r for r in runs if r.data.tags.get("xorexp.role") == "sweep"]
+    children = [r for r in runs if r is not parent and r.data.tags.get("xorexp.role") != "sweep"]
+    best_id = parent.data.tags["xorexp.best_run_id"]
+    assert parent.data.tags["xorexp.best_model"] == f"runs:/{best_id}/model"
+    store = tracking.open_store(store_uri(tmp_path), "xorexp")
+    with_model = [r.info.run_id for r in children if tracking.has_model(store, r.info.run_id)]
+    assert with_model == [best_id]
+    for run in children:
+        names = [a.path for a in store.client.list_artifacts(run.info.run_id, "model")]
+        assert tracking.PARAMS_ARTIFACT in names

@@ -1,0 +1,261 @@
+"""Replay a logged run: train it again from its logged params and prove the numbers are the same.
+
+    python -m xorexp.replay RUN_ID [--tracking-uri URI] [--experiment NAME] [--log]
+
+Compares, bit for bit, the loss trace (metric ``loss`` by step), the final parameters
+(``model/params.npz``), the predictions (``predictions.json``), the summary metrics and the outcome
+with what the run logged. Prints ``identical``, or per quantity how many values differ and the
+largest absolute difference. Differences between the recorded environment and this one (versions,
+commit, uncommitted changes, BLAS, SIMD dispatch, platform) are listed first: on another CPU or
+NumPy, the last bits may legitimately differ.
+
+Exit status: 0 identical, 1 different, 2 bad input (no store, unknown run, run without params).
+``--log`` records the replay as a new run (tagged ``xorexp.replay_of``) with the same contract as
+any run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xorexp import provenance, tracking
+from xorexp.model import PARAM_NAMES, load_params
+from xorexp.train import RunResult, RunSpec, train
+
+PARAM_KEYS = tuple(tracking.result_params(RunSpec()))
+SUMMARY_METRICS = ("final_loss", "accuracy", "steps", "solved_at")
+
+
+class BadInput(Exception):
+    """The replay cannot start: reported in one line, exit status 2."""
+
+
+@dataclass
+class Comparison:
+    """One quantity: recorded vs replayed values (None = not finite / not logged)."""
+
+    name: str
+    recorded: list[float | None] | None  # None: the run did not record it
+    replayed: list[float | None]
+    mismatch: str | None = None  # a difference that is not in the values (steps, outcome)
+
+    @property
+    def recorded_at_all(self) -> bool:
+        return self.recorded is not None
+
+    def differing(self) -> list[int]:
+        assert self.recorded is not None
+        return [
+            i for i, (a, b) in enumerate(zip(self.recorded, self.replayed, strict=True)) if not _same(a, b)
+        ]
+
+    @property
+    def identical(self) -> bool:
+        if self.recorded is None:
+            return True
+        return self.mismatch is None and len(self.recorded) == len(self.replayed) and not self.differing()
+
+    def describe(self) -> str:
+        if self.recorded is None:
+            return f"{self.name}: not recorded by the run"
+        if self.mismatch is not None:
+            return f"{self.name}: DIFFERENT: {self.mismatch}"
+        n_rec, n_rep = len(self.recorded), len(self.replayed)
+        if n_rec != n_rep:
+            return f"{self.name}: DIFFERENT: {n_rec} values recorded, {n_rep} replayed"
+        bad = self.differing()
+        if not bad:
+            return f"{self.name}: identical" + (f" ({n_rec} values)" if n_rec else "")
+        gaps = [
+            abs(self.recorded[i] - self.replayed[i])  # type: ignore[operator]
+            for i in bad
+            if self.recorded[i] is not None and self.replayed[i] is not None
+        ]
+        largest = f"largest absolute difference {max(gaps):.3e}" if gaps else "finite vs not finite"
+        return f"{self.name}: DIFFERENT: {len(bad)} of {n_rec} values differ, {largest}"
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    """Bit for bit (float64 hex), None only equal to None."""
+    if a is None or b is None:
+        return a is None and b is None
+    return float(a).hex() == float(b).hex()
+
+
+def _finite(values) -> list[float | None]:
+    return [tracking.finite_or_none(float(v)) for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def open_run(uri: str, run_id: str, experiment: str | None) -> tuple[tracking.Store, object]:
+    """The store holding the run, and the run; BadInput when either is missing."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise BadInput(f"no store at {uri}")
+    if uri.startswith(("http://", "https://")):
+        tracking.check_server(uri)  # one line, not minutes of retries
+    client = tracking.MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise BadInput(f"no run {run_id!r} in {uri}") from None
+    if experiment is None:
+        experiment = client.get_experiment(run.info.experiment_id).name
+    missing = [key for key in PARAM_KEYS if key not in run.data.params]
+    if missing:
+        raise BadInput(
+            f"run {run_id} has no xorexp params ({', '.join(missing)} missing): not a training run"
+        )
+    return tracking.open_store(uri, experiment), run
+
+
+def environment_differences(recorded_tags: dict[str, str]) -> list[str]:
+    """One line per recorded environment tag (and commit) that differs from this process's."""
+    now = dict(provenance.environment_tags())
+    keys = list(provenance.ENVIRONMENT_KEYS)
+    commit = tracking.git_commit()
+    if commit:
+        now[tracking.TAG_GIT_COMMIT] = commit
+    keys.append(tracking.TAG_GIT_COMMIT)
+    lines = []
+    for key in keys:
+        recorded, current = recorded_tags.get(key), now.get(key)
+        if recorded is None and current is None:
+            continue
+        if recorded != current:
+            lines.append(
+                f"environment differs: {key}: recorded {recorded or '(none)'}, now {current or '(none)'}"
+            )
+    return lines
+
+
+def _recorded_params(store: tracking.Store, run_id: str) -> list[float | None] | None:
+    with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
+        try:
+            local = store.client.download_artifacts(run_id, tracking.PARAMS_ARTIFACT, tmp)
+        except Exception:
+            return None
+        arrays = load_params(local)
+        return _finite(np.concatenate([arrays[name].ravel() for name in PARAM_NAMES]))
+
+
+def compare(store: tracking.Store, run, result: RunResult) -> list[Comparison]:
+    """Every logged quantity of ``run`` against ``result``."""
+    run_id = run.info.run_id
+    steps, values = tracking.loss_history(store, run_id)
+    replayed_trace = [(m.step, m.value) for m in tracking.run_metrics(result, 0) if m.key == "loss"]
+    recorded_steps = [int(s) for s in steps]
+    replayed_steps = [s for s, _ in replayed_trace]
+    mismatch = None
+    if len(recorded_steps) == len(replayed_steps) and recorded_steps != replayed_steps:
+        mismatch = f"logged at steps {recorded_steps[:5]}..., replayed at {replayed_steps[:5]}..."
+    out = [Comparison("loss trace", _finite(values), [v for _, v in replayed_trace], mismatch)]
+
+    arrays = result.arrays()
+    out.append(
+        Comparison(
+            "params (W1, B1, W2, B2)",
+            _recorded_params(store, run_id),
+            _finite(np.concatenate([arrays[name].ravel() for name in PARAM_NAMES])),
+        )
+    )
+
+    text = tracking.read_text_artifact(store, run_id, "predictions.json")
+    recorded_predictions = None
+    if text is not None:
+        recorded_predictions = [None if v is None else float(v) for v in json.loads(text)["predictions"]]
+    out.append(Comparison("predictions", recorded_predictions, _finite(result.predictions)))
+
+    replayed_metrics = {m.key: m.value for m in tracking.run_metrics(result, 0) if m.key in SUMMARY_METRICS}
+    logged = run.data.metrics
+    names = [name for name in SUMMARY_METRICS if name in logged or name in replayed_metrics]
+    out.append(
+        Comparison(
+            f"metrics ({', '.join(names)})",
+            [logged.get(name) for name in names],
+            [replayed_metrics.get(name) for name in names],
+        )
+    )
+    recorded_outcome = run.data.tags.get(tracking.TAG_OUTCOME)
+    out.append(
+        Comparison(
+            "outcome",
+            None if recorded_outcome is None else [],
+            [],
+            None
+            if recorded_outcome == result.outcome
+            else f"recorded {recorded_outcome}, replayed {result.outcome}",
+        )
+    )
+    return out
+
+
+def log_replay(store: tracking.Store, run, result: RunResult) -> str:
+    """The replay as a new run of the store, tagged ``xorexp.replay_of``."""
+    from xorexp.chunks import render_run_plots
+
+    config = tracking.read_text_artifact(store, run.info.run_id, "config.yaml")
+    return tracking.log_replay(
+        store,
+        result,
+        replay_of=run.info.run_id,
+        blobs=render_run_plots(result, tracking.run_name(result.spec)),
+        files={"config.yaml": config} if config is not None else None,
+    )
+
+
+def replay(run_id: str, uri: str, experiment: str | None = None, log_run: bool = False) -> int:
+    store, run = open_run(uri, run_id, experiment)
+    try:
+        spec = tracking.spec_from_params(run.data.params)
+    except (KeyError, ValueError) as error:
+        raise BadInput(f"run {run_id} has params that are not a valid config: {error}") from None
+    print(
+        f"replay of run {run_id} ({run.info.run_name}): "
+        + " ".join(f"{k}={v}" for k, v in tracking.result_params(spec).items())
+    )
+    for line in environment_differences(run.data.tags):
+        print(line)
+    [result] = train([spec])
+    comparisons = compare(store, run, result)
+    for comparison in comparisons:
+        print(comparison.describe())
+    # the trace and the predictions must have been logged; params.npz is missing from older runs
+    essential = [c for c in comparisons if c.name in ("loss trace", "predictions")]
+    identical = all(c.identical for c in comparisons) and all(c.recorded_at_all for c in essential)
+    if log_run:
+        print(f"replay logged as run {log_replay(store, run, result)}")
+    print("identical" if identical else "different")
+    return 0 if identical else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xorexp.replay",
+        description="Train a logged run again and check that its numbers are identical, bit for bit.",
+    )
+    parser.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a training run")
+    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///./mlflow.db")
+    parser.add_argument(
+        "--experiment", default=None, help="experiment for --log (default: the replayed run's experiment)"
+    )
+    parser.add_argument("--log", action="store_true", help="record the replay as a new run")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our output is the report
+    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    try:
+        return replay(args.run_id, uri, args.experiment, args.log)
+    except (BadInput, tracking.StoreError) as error:
+        print(f"xorexp.replay: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
