@@ -45,6 +45,7 @@ def log_all(store, results, pngs, hydra_dir: Path) -> list[float]:
             files={"config.yaml": config},
             dirs={".hydra": hydra_dir},
             params_logged=False,
+            model=False,  # as in a sweep: only single runs and a sweep's best run carry the MLflow model
         )
         times.append(time.perf_counter() - start)
     return times

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -45,6 +46,11 @@ def job_records(sweep_dir: str | Path, parent_run_id: str) -> list[dict]:
         if record.get("parent_run_id") == parent_run_id:
             records.append(record)
     return records
+
+
+def job_trace(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    values = np.array(record["loss_trace"], dtype=float)
+    return np.arange(len(values)) * record["trace_every"], values
 
 
 class SweepCallback(Callback):
@@ -88,7 +94,15 @@ class SweepCallback(Callback):
         store = store_for(config.tracking.uri, config.tracking.experiment, config.hydra.runtime.cwd)
         jobs = job_records(config.hydra.sweep.dir, parent.run_id)
         reused = [job["run_id"] for job in jobs if job.get("reused")]
-        failed = report.finish_sweep(store, parent.run_id, reused)
+        traces = {
+            job["run_id"]: (
+                np.arange(len(job["loss_trace"])) * job["trace_every"],
+                np.array(job["loss_trace"]),
+            )
+            for job in jobs
+            if "loss_trace" in job
+        }
+        failed = report.finish_sweep(store, parent.run_id, reused, traces)
         if failed:
             print(f"xorexp: {failed} job(s) of the sweep failed (listed above)", flush=True)
             raise SystemExit(1)

@@ -149,7 +149,15 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
         if multirun:
             return math.nan
         raise
-    write_job_record(parent, run_id=run_id, reused=False, status="FINISHED", outcome=result.outcome)
+    write_job_record(
+        parent,
+        run_id=run_id,
+        reused=False,
+        status="FINISHED",
+        outcome=result.outcome,
+        trace_every=result.spec.trace_every,
+        loss_trace=result.loss_trace.tolist(),  # for the sweep's loss-curve plot, without store queries
+    )
     log.info(
         "%s: %s, final_loss %.6g, run %s", tracking.run_name(spec), result.outcome, result.final_loss, run_id
     )

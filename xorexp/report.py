@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from xorexp import plots, summary, tracking
@@ -33,9 +34,18 @@ def collect(store: tracking.Store, parent_run_id: str, reused_ids: list[str] | N
     return records
 
 
-def loss_curves(store: tracking.Store, groups: list) -> list:
-    """Per group, the logged loss traces of its runs, as (steps, values) pairs."""
-    return [[tracking.loss_history(store, run_id) for run_id in group.run_ids] for group in groups]
+def loss_curves(store: tracking.Store, groups: list, known: Mapping[str, tuple] | None = None) -> list:
+    """Per group, the loss traces of its runs as (steps, values) pairs: from ``known`` (run id ->
+    trace, e.g. what the sweep's jobs wrote in their job dirs) where there, else from the store
+    (one query per run: ~8 s for 1,000 runs)."""
+    known = known or {}
+    return [
+        [
+            known[run_id] if run_id in known else tracking.loss_history(store, run_id)
+            for run_id in group.run_ids
+        ]
+        for group in groups
+    ]
 
 
 def log_best_model(store: tracking.Store, run_id: str) -> bool:
@@ -56,8 +66,15 @@ def log_best_model(store: tracking.Store, run_id: str) -> bool:
         return False
 
 
-def finish_sweep(store: tracking.Store, parent_run_id: str, reused_ids: list[str]) -> int:
+def finish_sweep(
+    store: tracking.Store,
+    parent_run_id: str,
+    reused_ids: list[str],
+    traces: Mapping[str, tuple] | None = None,
+) -> int:
     """Summarise the sweep, print the table, log it on the parent and end the parent.
+
+    ``traces`` (run id -> (steps, values)) spares reading loss histories back from the store.
 
     Returns the number of failed jobs (the parent ends FAILED when there are any).
     """
@@ -83,7 +100,7 @@ def finish_sweep(store: tracking.Store, parent_run_id: str, reused_ids: list[str
         figures = {
             "plots/success_rate_heatmap.png": plots.success_heatmap(groups),
             "plots/final_loss_vs_lr.png": plots.final_loss_vs_lr(records),
-            "plots/loss_curves.png": plots.loss_curves(groups, loss_curves(store, groups)),
+            "plots/loss_curves.png": plots.loss_curves(groups, loss_curves(store, groups, traces)),
         }
     tracking.log_to_run(
         store,
