@@ -91,7 +91,7 @@ def test_store_is_the_same_under_basic_and_vectorized(tmp_path):
 
 @pytest.mark.slow
 def test_workers_and_chunks_do_not_change_bits(tmp_path):
-    sweep = ["-m", "seed=range(0,40)", "lr=0.5,3", "iterations=400"]
+    sweep = ["-m", "seed=range(0,20)", "lr=0.5,3", "iterations=400"]  # 40 runs: enough for workers
     snapshots = {}
     for name, flags in {
         "in_process": ["hydra.launcher.n_jobs=1"],
@@ -102,5 +102,5 @@ def test_workers_and_chunks_do_not_change_bits(tmp_path):
         proc = run_cli(where, *sweep, *flags, f"hydra.sweep.dir={where}/multirun")
         assert proc.returncode == 0, proc.stderr
         snapshots[name] = _store_snapshot(where)
-    assert len(snapshots["in_process"]) == 80
+    assert len(snapshots["in_process"]) == 40
     assert snapshots["in_process"] == snapshots["two_workers_chunks_of_7"]
