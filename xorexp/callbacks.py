@@ -94,14 +94,7 @@ class SweepCallback(Callback):
         store = store_for(config.tracking.uri, config.tracking.experiment, config.hydra.runtime.cwd)
         jobs = job_records(config.hydra.sweep.dir, parent.run_id)
         reused = [job["run_id"] for job in jobs if job.get("reused")]
-        traces = {
-            job["run_id"]: (
-                np.arange(len(job["loss_trace"])) * job["trace_every"],
-                np.array(job["loss_trace"]),
-            )
-            for job in jobs
-            if "loss_trace" in job
-        }
+        traces = {job["run_id"]: job_trace(job) for job in jobs if "loss_trace" in job}
         failed = report.finish_sweep(store, parent.run_id, reused, traces)
         if failed:
             print(f"xorexp: {failed} job(s) of the sweep failed (listed above)", flush=True)
