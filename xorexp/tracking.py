@@ -165,14 +165,15 @@ def check_server(uri: str) -> None:
 
 def open_store(uri: str, experiment: str) -> Store:
     """Open (creating and migrating if new) the store and the experiment. Call once per launch."""
+    # MLflow draws a progress bar on stderr per artifact download (e.g. the sweep's best run's params)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-        # MLflow prints two "View run ..." lines per ended run to stdout with a server, and a progress
-        # bar per artifact download; a sweep's summary would drown in them. Its HTTP retries (7, 120 s
+        # MLflow prints two "View run ..." lines per ended run to stdout with a server: a sweep's
+        # summary would drown in them. Its HTTP retries (7, 120 s
         # timeout) would make a server that dies mid-sweep hang each call for minutes. A user's own
         # settings of these variables win.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     client = MlflowClient(tracking_uri=uri)
