@@ -6,7 +6,6 @@ go in ``log_batch`` calls, and no non-finite number is ever logged as a metric.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -15,7 +14,6 @@ import math
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -37,7 +35,6 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 TAG_OUTCOME = "xorexp.outcome"
 TAG_HASH = "xorexp.config_hash"
@@ -104,18 +101,10 @@ def run_name(spec: RunSpec) -> str:
     return f"h{spec.hidden_units}-lr{spec.lr:g}-s{spec.seed}"
 
 
-@functools.cache
 def git_commit() -> str | None:
     """Commit of the checkout xorexp runs from, or None outside a git checkout."""
-    if not (PROJECT_DIR / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    checkout = provenance.checkout()
+    return checkout.commit if checkout else None
 
 
 def finite_or_none(value: float) -> float | None:
