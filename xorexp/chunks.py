@@ -10,19 +10,10 @@ import traceback
 from collections.abc import Sequence
 
 from xorexp import plots
-from xorexp.train import RunResult, RunSpec, batch_key, train
+from xorexp.train import RunResult, RunSpec, train
 
 LEARNING_CURVE = "plots/learning_curve.png"
 DECISION_BOUNDARY = "plots/decision_boundary.png"
-
-
-def plan_chunks(specs: Sequence[RunSpec], chunk_size: int) -> list[list[int]]:
-    """Indices of ``specs`` in engine batches: same batch key, at most ``chunk_size`` runs each."""
-    groups: dict[tuple, list[int]] = {}
-    for i, spec in enumerate(specs):
-        groups.setdefault(batch_key(spec), []).append(i)
-    return [members[start : start + chunk_size] for members in groups.values()
-            for start in range(0, len(members), chunk_size)]
 
 
 def train_chunk(specs: Sequence[RunSpec]) -> list[RunResult]:

@@ -84,6 +84,10 @@ def result_params(spec: RunSpec) -> dict[str, str]:
     }
 
 
+def _params(spec: RunSpec) -> list[Param]:
+    return [Param(key, value) for key, value in result_params(spec).items()]
+
+
 def spec_from_params(params: Mapping[str, str]) -> RunSpec:
     """Inverse of ``result_params``."""
     stop = params["stop_loss"]
@@ -234,7 +238,7 @@ def start_run(
         store.experiment_id, run_name=run_name(spec), tags=run_tags(spec, tags, parent_run_id)
     )
     if with_params:
-        store.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in result_params(spec).items()])
+        store.client.log_batch(run.info.run_id, params=_params(spec))
     return run.info.run_id
 
 
@@ -257,7 +261,7 @@ def log_result(
     sweep (no parent run; costs one read, pass it explicitly to save that).
     """
     metrics = run_metrics(result, int(time.time() * 1000))
-    params = [] if params_logged else [Param(k, v) for k, v in result_params(result.spec).items()]
+    params = [] if params_logged else _params(result.spec)
     outcome = [RunTag(TAG_OUTCOME, result.outcome)]
     store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params, tags=outcome)
     for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
@@ -385,7 +389,7 @@ def finish_run(store: Store, run_id: str, status: str) -> None:
 def log_failure(store: Store, run_id: str, spec: RunSpec, error_text: str) -> None:
     """Mark a run FAILED, with its params and the traceback as artifact ``error/traceback.txt``."""
     try:
-        store.client.log_batch(run_id, params=[Param(k, v) for k, v in result_params(spec).items()])
+        store.client.log_batch(run_id, params=_params(spec))
         log_files(store, run_id, files={"error/traceback.txt": error_text})
     finally:
         finish_run(store, run_id, "FAILED")

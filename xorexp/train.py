@@ -283,6 +283,18 @@ def batch_key(spec: RunSpec) -> tuple[int, int]:
     return spec.hidden_units, spec.trace_every
 
 
+def plan_batches(specs: Sequence[RunSpec], chunk_size: int) -> list[list[int]]:
+    """Indices of ``specs`` in engine batches: same batch key, at most ``chunk_size`` runs each."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(batch_key(spec), []).append(i)
+    return [
+        members[start : start + chunk_size]
+        for members in groups.values()
+        for start in range(0, len(members), chunk_size)
+    ]
+
+
 def train(
     specs: Sequence[RunSpec], chunk_size: int = 2000, progress: Progress | None = None
 ) -> list[RunResult]:
@@ -290,13 +302,8 @@ def train(
 
     ``progress(step, total)`` is called at every trace step of each batch, if given.
     """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, spec in enumerate(specs):
-        groups.setdefault(batch_key(spec), []).append(i)
     results: list[RunResult | None] = [None] * len(specs)
-    for members in groups.values():
-        for start in range(0, len(members), chunk_size):
-            chunk = members[start : start + chunk_size]
-            for i, result in zip(chunk, _train_batch([specs[i] for i in chunk], progress), strict=True):
-                results[i] = result
+    for batch in plan_batches(specs, chunk_size):
+        for i, result in zip(batch, _train_batch([specs[i] for i in batch], progress), strict=True):
+            results[i] = result
     return results  # type: ignore[return-value]

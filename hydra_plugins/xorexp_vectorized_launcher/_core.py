@@ -36,7 +36,7 @@ from omegaconf import open_dict
 from xorexp import chunks, progress, tracking
 from xorexp.config import ConfigError
 from xorexp.job import JOB_RECORD, PRECOMPUTED, fail
-from xorexp.train import RunSpec
+from xorexp.train import RunSpec, plan_batches
 
 from ._compose import Composer
 
@@ -80,7 +80,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         returns = _launch_on_processes(launcher, trainable, chunk_size, n_workers)
     else:
         returns = {}
-        for members in chunks.plan_chunks([job.spec for job in trainable], chunk_size):
+        for members in plan_batches([job.spec for job in trainable], chunk_size):
             batch = [trainable[i] for i in members]
             results = chunks.train_chunk([job.spec for job in batch])
             returns.update(
@@ -151,7 +151,7 @@ def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
 
 def _launch_on_processes(launcher, jobs: list[Job], chunk_size: int, n_workers: int) -> dict[int, JobReturn]:
     task_size = max(MIN_RUNS_FOR_WORKERS, math.ceil(len(jobs) / (n_workers * TASKS_PER_WORKER)))
-    plan = chunks.plan_chunks([job.spec for job in jobs], min(chunk_size, task_size))
+    plan = plan_batches([job.spec for job in jobs], min(chunk_size, task_size))
     context = cloudpickle.dumps(
         (Singleton.get_state(), launcher.hydra_context, launcher.task_function, launcher.config)
     )
@@ -200,7 +200,7 @@ def _thread_env(**values: str) -> Iterator[None]:
 def _launch_on_ray(launcher, jobs: list[Job], composer: Composer, chunk_size: int) -> dict[int, JobReturn]:
     from ._ray_backend import RayExecutor
 
-    plan = chunks.plan_chunks([job.spec for job in jobs], chunk_size)
+    plan = plan_batches([job.spec for job in jobs], chunk_size)
     returns: dict[int, JobReturn] = {}
     executor = RayExecutor(launcher.ray)
     try:
