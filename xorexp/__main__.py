@@ -1,4 +1,4 @@
-from xorexp.app import main
+from xorexp.app import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,15 +1,32 @@
-"""The Hydra entry point: ``python -m xorexp`` (one run) or ``python -m xorexp -m ...`` (a sweep)."""
+"""The entry point: ``python -m xorexp`` (one run) or ``python -m xorexp -m ...`` (a sweep).
+
+``cli`` is what ``python -m xorexp`` runs: Hydra's app (``main``) inside a guard that turns every
+way a command can stop into one ``xorexp:`` line and an exit status (0 done, 1 failed jobs or a
+failed store, 2 bad input or unusable store, 130 Ctrl-C, 143 SIGTERM). Full tracebacks go to log
+files, never to the terminal.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from xorexp.config import ConfigError, register, to_run_spec
-from xorexp.job import fail, run_job
+from xorexp import sweep
+from xorexp.config import register, to_run_spec
+from xorexp.errors import BAD_INPUT, FAILED, Abort, ConfigError, Interrupted, fail, say
+from xorexp.job import run_job
 
+log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register()
 
@@ -21,3 +38,65 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as error:
         fail(error)
     return run_job(cfg, spec)
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _traceback_file(error: BaseException) -> Path:
+    """Where the full traceback of an unexpected error is kept: the sweep's log dir, else a temp file."""
+    running = sweep.current()
+    text = "".join(traceback.format_exception(error))
+    if running is not None:
+        path = running.sweep_dir / "xorexp_error.txt"
+        try:
+            path.write_text(text)
+            return path
+        except OSError:
+            pass
+    fd, name = tempfile.mkstemp(prefix="xorexp-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return Path(name)
+
+
+def outcome(error: BaseException) -> tuple[int, str]:
+    """The exit status and the one line for an error that stopped the command."""
+    if isinstance(error, Abort):
+        return error.status, error.message
+    if isinstance(error, KeyboardInterrupt):
+        interrupt = error if isinstance(error, Interrupted) else Interrupted(signal.SIGINT)
+        return interrupt.status, f"interrupted ({interrupt.name})"
+    if isinstance(error, ConfigError):
+        return BAD_INPUT, str(error)
+    if isinstance(error, HydraException | OmegaConfBaseException):  # bad overrides, unknown keys, ...
+        return BAD_INPUT, _one_line(str(error)) or type(error).__name__
+    where = _traceback_file(error)
+    return FAILED, f"internal error: {type(error).__name__}: {_one_line(str(error))} (traceback: {where})"
+
+
+def cli() -> None:
+    # Hydra would print an error's traceback and exit 1 itself; it re-raises it to us instead
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        main()
+    except SystemExit:
+        raise
+    except BaseException as error:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        status, message = outcome(error)
+        running = sweep.current()
+        if running is not None:
+            message = f"{message}: {running.abort(error)}"
+        elif isinstance(error, KeyboardInterrupt):
+            message += ": the run was marked KILLED"
+        say(message)
+        sys.exit(status)

@@ -33,7 +33,14 @@ def render_run_plots(result: RunResult, name: str) -> dict[str, bytes]:
 
 
 class WorkerError(RuntimeError):
-    """An exception raised in a worker, carrying the worker's traceback as text."""
+    """An error met by a launcher's worker on a run: str() is one line, ``details`` the traceback."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message, details)
+        self.details = details
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def render_many(items: Sequence[tuple[RunResult, str]]) -> list[dict[str, bytes] | WorkerError]:
@@ -43,5 +50,5 @@ def render_many(items: Sequence[tuple[RunResult, str]]) -> list[dict[str, bytes]
         try:
             out.append(render_run_plots(result, name))
         except Exception as error:
-            out.append(WorkerError(f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+            out.append(WorkerError(f"{type(error).__name__}: {error}", traceback.format_exc()))
     return out

@@ -7,23 +7,21 @@ that names the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Override, RangeSweep
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from xorexp.errors import ConfigError
 from xorexp.train import RULES, RunSpec, check_value
 
 RESULT_KEYS = tuple(RULES)  # the config values that shape a run's numbers
 INT_KEYS = ("hidden_units", "iterations", "seed", "trace_every")
-
-
-class ConfigError(ValueError):
-    """Bad input: str(error) is the one line shown to the user."""
 
 
 @dataclass
@@ -80,6 +78,42 @@ def sweep_overrides(cfg: DictConfig) -> list[Override]:
     return parsed + parser.parse_overrides(list(cfg.hydra.overrides.task))
 
 
+MAX_JOBS = 100_000  # jobs of one sweep command: their configs and records must fit in memory
+
+
+def sweep_size(override: Override) -> int | None:
+    """How many values a discrete sweep override gives, without listing them (None: continuous)."""
+    if not override.is_sweep_override():
+        return 1
+    if not override.is_discrete_sweep():
+        return None
+    sweep = override.value()
+    if isinstance(sweep, RangeSweep):
+        start, stop, step = sweep.start, sweep.stop, sweep.step
+        if step == 0:
+            return 0
+        return max(0, math.ceil((stop - start) / step))
+    return len(list(override.sweep_iterator()))
+
+
+def check_sweep_size(cfg: DictConfig) -> None:
+    """A grid sweep larger than ``MAX_JOBS`` is refused before anything is expanded or created."""
+    if cfg.hydra.sweeper.get("n_trials") is not None:
+        return
+    sizes: dict[str, int] = {}
+    for override in sweep_overrides(cfg):
+        size = sweep_size(override)
+        if size is not None:
+            sizes[override.get_key_element()] = size
+    total = math.prod(sizes.values())
+    if total > MAX_JOBS:
+        grid = " x ".join(f"{key}: {size:,}" for key, size in sizes.items() if size > 1)
+        raise ConfigError(
+            f"invalid sweep: {total:,} jobs ({grid}); one command runs at most {MAX_JOBS:,}: "
+            "split the sweep (e.g. seed='range(0,50000)', then seed='range(50000,100000)')"
+        )
+
+
 def swept_values(cfg: DictConfig) -> dict[str, list[Any]]:
     """Per swept key, the values a sweep can give it (an interval: its two ends)."""
     swept: dict[str, list[Any]] = {}
@@ -103,13 +137,13 @@ def count_jobs(cfg: DictConfig) -> int | None:
     n_trials = cfg.hydra.sweeper.get("n_trials")
     if n_trials is not None:
         return int(n_trials)
-    total = 1
+    sizes: dict[str, int] = {}
     for override in sweep_overrides(cfg):
-        if override.is_sweep_override() and not override.is_discrete_sweep():
+        size = sweep_size(override)
+        if size is None:
             return None
-    for values in swept_values(cfg).values():
-        total *= len(values)
-    return total
+        sizes[override.get_key_element()] = size  # the command line's value replaces the config's
+    return math.prod(sizes.values())
 
 
 def check_sweep(cfg: DictConfig) -> None:
@@ -118,7 +152,14 @@ def check_sweep(cfg: DictConfig) -> None:
     Each rule concerns one key, so checking each swept value of each key (and the fixed values of
     the sweep config) covers every job the sweep can make.
     """
+    check_sweep_size(cfg)
     swept = swept_values(cfg)
+    for key in ("tracking.uri", "tracking.experiment"):
+        if key in swept:
+            raise ConfigError(
+                f"invalid sweep: {key} cannot be swept: a sweep logs to one store and one experiment "
+                "(run one sweep per value)"
+            )
     for key in RESULT_KEYS:
         for value in swept.get(key, [cfg[key]]):
             problem = check_value(key, value)

@@ -1,7 +1,13 @@
 """One Hydra job of xorexp: config -> RunSpec -> train (unless a launcher did) -> track -> objective.
 
 Kept apart from ``app`` (which holds the ``@hydra.main`` entry point): importing this module has no
-effect on Hydra's global state, so launchers and callbacks can use it."""
+effect on Hydra's global state, so launchers and callbacks can use it.
+
+Every job ends as exactly one MLflow run with a terminal status, whatever raised and wherever:
+the job's record (``xorexp_job.json`` in its output dir) says which run it is and how far it got,
+so a job that is run again (e.g. after its worker process died) finishes that run instead of
+making a second one.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +15,44 @@ import functools
 import json
 import logging
 import math
-import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from xorexp import parent_run, tracking
+from xorexp import parent_run, progress, tracking
 from xorexp.chunks import render_run_plots
+from xorexp.errors import Abort, fail
 from xorexp.progress import IterationProgress
 from xorexp.train import RunResult, RunSpec, train
 
 log = logging.getLogger(__name__)
 JOB_RECORD = "xorexp_job.json"  # in each job's output dir: what the job did, for the sweep's summary
-# Results a launcher trained (and plots it rendered) ahead of the jobs: a job whose spec is here
-# logs that result instead of training. Same spec, same bits: the store cannot tell the difference.
-PRECOMPUTED: dict[RunSpec, tuple[RunResult | None, dict[str, bytes] | Exception | None]] = {}
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+# What a launcher hands to a job it trained ahead: the result and its rendered plots, or the
+# exception that stopped the launcher's worker on this run. Scoped to one job by ``handing_over``.
+Handover = tuple[RunResult | None, dict[str, bytes] | Exception | None]
+_handed: dict[RunSpec, Handover] = {}
 
 
-def fail(error: Exception) -> NoReturn:
-    """Report bad input (or an unusable store) in one line and stop with status 2."""
-    print(f"xorexp: {error}", file=sys.stderr)
-    raise SystemExit(2)
+@contextmanager
+def handing_over(spec: RunSpec, handover: Handover) -> Iterator[None]:
+    """While inside, the job of ``spec`` logs ``handover`` instead of training: same spec, same bits."""
+    _handed[spec] = handover
+    try:
+        yield
+    finally:
+        _handed.pop(spec, None)
 
 
 @functools.cache
 def store_for(uri: str | None, experiment: str, launch_dir: str) -> tracking.Store:
-    """The opened store of a job or sweep; an unreachable one stops the command in one line."""
+    """The opened store of a job or sweep; an unusable one stops the command in one line."""
     try:
         return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment)
     except tracking.StoreError as error:
@@ -83,82 +97,153 @@ def track(
     )
 
 
-def write_job_record(parent: parent_run.ParentRun | None, **record: object) -> None:
-    hc = HydraConfig.get()
-    path = Path(hc.runtime.output_dir) / JOB_RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"parent_run_id": parent.run_id if parent else None, **record}))
+class JobRecord:
+    """The job's record in its output dir: its run, its status and (finished) what the summary needs."""
+
+    def __init__(self, output_dir: str | Path, parent: parent_run.ParentRun | None) -> None:
+        self.path = Path(output_dir) / JOB_RECORD
+        self.parent_run_id = parent.run_id if parent else None
+
+    def read(self) -> dict | None:
+        """This sweep's earlier record of the job (None if none, or another sweep's)."""
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if record.get("parent_run_id") == self.parent_run_id else None
+
+    def write(self, **record: object) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"parent_run_id": self.parent_run_id, **record}))
+        tmp.replace(self.path)  # a reader never sees half a record
 
 
-def reuse_finished(store: tracking.Store, spec: RunSpec, parent: parent_run.ParentRun | None) -> float | None:
+def reuse_finished(store: tracking.Store, spec: RunSpec, record: JobRecord) -> float | None:
     """With tracking.skip_finished: the final loss of a FINISHED run of this config, else None."""
     found = tracking.find_finished(store, spec)
     if found is None:
         return None
     run = store.client.get_run(found)
-    write_job_record(parent, run_id=found, reused=True, status="FINISHED")
+    record.write(run_id=found, reused=True, status="FINISHED")
     log.info("%s: reused FINISHED run %s (tracking.skip_finished)", tracking.run_name(spec), found)
+    progress.job_ended(run.data.tags.get(tracking.TAG_OUTCOME), failed=False)
     return run.data.metrics.get("final_loss", math.inf)
+
+
+def _job_label(hc) -> str:
+    overrides = " ".join(hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN:
+        return f"job #{hc.job.num} ({overrides})"
+    return f"the run ({overrides})" if overrides else "the run"
+
+
+def _store_abort(store: tracking.Store, error: BaseException) -> Abort | None:
+    """The Abort that stops the command when ``error`` means the store itself failed."""
+    problem = tracking.describe_store_error(error, store.uri)
+    return Abort(problem) if problem else None
 
 
 def run_job(cfg: DictConfig, spec: RunSpec) -> float:
     """Train (unless a launcher did already) and log one job; returns the objective, final_loss.
 
-    In a multirun, a job that raises is logged as a FAILED run with its traceback, reported in one
-    line, and returns NaN so the other jobs go on; the sweep's end reports it and exits non-zero.
+    A job that raises is logged as a FAILED run (created then if it had none) with its traceback
+    and reported in one line. In a multirun it returns NaN so the other jobs go on (the sweep's end
+    counts it and exits 1); a single run exits 1. A failing store stops the command (``Abort``);
+    an interrupt marks the run KILLED and goes on up.
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     store = job_store(cfg)
     parent = parent_run.read(hc.sweep.dir) if multirun else None
+    record = JobRecord(hc.runtime.output_dir, parent)
+    earlier = record.read() if multirun else None
+    if earlier is not None and earlier.get("status") in TERMINAL:  # this job ran before, in a worker
+        return earlier.get("final_loss", math.nan) if earlier["status"] == "FINISHED" else math.nan
+    if not multirun:
+        tracking.mark_stale_runs(store)  # runs left RUNNING by dead processes, any command cleans
     if cfg.tracking.skip_finished:
-        reused = reuse_finished(store, spec, parent)
+        reused = reuse_finished(store, spec, record)
         if reused is not None:
             return reused
-    run_id = None
+    run_id = earlier.get("run_id") if earlier else None
     parent_id = parent.run_id if parent else None
+    handed = _handed.get(spec)
     try:
-        precomputed = PRECOMPUTED.get(spec)
-        if precomputed is None:  # train here, the run RUNNING meanwhile
-            run_id = tracking.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
+        if handed is None:  # train here, the run RUNNING meanwhile
+            if run_id is None:
+                run_id = tracking.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
+                record.write(run_id=run_id, status="RUNNING")
             iterations = IterationProgress() if not multirun else None
             [result] = train([spec], progress=iterations)
             if iterations is not None:
                 iterations.close()
             track(store, run_id, result, cfg)
         else:  # trained by the launcher
-            result, pngs = precomputed
+            result, pngs = handed
             if isinstance(pngs, Exception):  # the launcher's worker failed on this run
                 raise pngs
             assert result is not None
-            run_id = tracking.start_run(
-                store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
-            )
+            if run_id is None:
+                run_id = tracking.start_run(
+                    store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
+                )
+                record.write(run_id=run_id, status="RUNNING")
             track(store, run_id, result, cfg, pngs, params_logged=False)
-    except Exception as error:
-        log.error("job failed", exc_info=True)  # the full traceback goes to the job's log file
+    except KeyboardInterrupt:
         if run_id is not None:
-            tracking.log_failure(store, run_id, spec, traceback.format_exc())
-        write_job_record(parent, run_id=run_id, reused=False, status="FAILED")
-        where = Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
-        print(
-            f"xorexp: job #{hc.job.num} ({' '.join(hc.overrides.task)}) failed: "
-            f"{type(error).__name__}: {error} (full log: {where})",
-            file=sys.stderr,
-        )
-        if multirun:
-            return math.nan
+            _end_quietly(store, run_id, "KILLED")
+            record.write(run_id=run_id, status="KILLED")
         raise
-    write_job_record(
-        parent,
+    except Abort:
+        raise
+    except Exception as error:
+        return _failed(cfg, store, spec, record, run_id, parent_id, error)
+    record.write(
         run_id=run_id,
         reused=False,
         status="FINISHED",
         outcome=result.outcome,
+        final_loss=tracking.finite_or_none(result.final_loss),
         trace_every=result.spec.trace_every,
         loss_trace=result.loss_trace.tolist(),  # for the sweep's loss-curve plot, without store queries
     )
     log.info(
         "%s: %s, final_loss %.6g, run %s", tracking.run_name(spec), result.outcome, result.final_loss, run_id
     )
+    progress.job_ended(result.outcome, failed=False)
+    if not multirun:
+        name = tracking.run_name(spec)
+        print(f"{name}: {result.outcome}, final loss {result.final_loss:.6g} (run {run_id})")
     return result.final_loss
+
+
+def _failed(cfg, store, spec, record: JobRecord, run_id, parent_id, error: Exception) -> float:
+    """The job raised: its run ends FAILED with the traceback; one line says so."""
+    hc = HydraConfig.get()
+    text = traceback.format_exc() + getattr(error, "details", "")
+    log.info("job failed:\n%s", text)  # to the job's log file only (the terminal shows warnings)
+    abort = _store_abort(store, error)
+    try:
+        if run_id is None:
+            run_id = tracking.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
+        tracking.log_failure(store, run_id, spec, text)
+    except Exception as second:  # the store refuses the failure too
+        log.info("could not record the failure", exc_info=True)
+        abort = abort or _store_abort(store, second) or Abort(f"could not record a failed run: {second}")
+    record.write(run_id=run_id, reused=False, status="FAILED")
+    if abort is not None:
+        raise abort
+    where = Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+    line = f"{_job_label(hc)} failed: {type(error).__name__}: {error} (run {run_id}; full log: {where})"
+    if hc.mode == RunMode.MULTIRUN:
+        progress.job_ended(None, failed=True, message=line)
+        return math.nan
+    raise Abort(line)
+
+
+def _end_quietly(store: tracking.Store, run_id: str, status: str) -> None:
+    try:
+        tracking.finish_run(store, run_id, status)
+    except Exception:
+        log.warning("could not mark run %s %s", run_id, status, exc_info=True)

@@ -1,50 +1,128 @@
-"""Progress lines for long sweeps and runs, shown only when stderr is a terminal."""
+"""Progress of a sweep (one line for the whole sweep) and of a long single run, on a terminal only.
+
+Jobs report their end with ``job_ended``, in whichever process they run; the launching process
+``feeds`` the events into the sweep's one ``SweepProgress`` (launchers with worker processes pass
+each worker a queue, see ``queue_sink``). A failed job's one line is printed above the progress line.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+Sink = Callable[[str | None, bool, str | None], None]  # (outcome, failed, message to print)
+_sink: Sink | None = None
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(seconds)
+    seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def job_ended(outcome: str | None, *, failed: bool, message: str | None = None) -> None:
+    """A job of the running sweep ended (``message``: a line for the user, e.g. why it failed)."""
+    if _sink is not None:
+        _sink(outcome, failed, message)
+    elif message:
+        print(f"xorexp: {message}", file=sys.stderr, flush=True)
+
+
+def feed(sink: Sink | None) -> Sink | None:
+    """Jobs of this process report to ``sink`` from now on; returns the previous sink."""
+    global _sink
+    previous, _sink = _sink, sink
+    return previous
+
+
+@contextmanager
+def feeding(sink: Sink | None) -> Iterator[None]:
+    """Jobs of this process report to ``sink`` while inside."""
+    previous = feed(sink)
+    try:
+        yield
+    finally:
+        feed(previous)
+
+
+def queue_sink(queue: Any) -> Sink:
+    """A sink for a worker process: events go to the launching process through ``queue``."""
+    return lambda outcome, failed, message: queue.put((outcome, failed, message))
+
+
 class SweepProgress:
-    """Jobs done / total, solved so far, elapsed and remaining time; one line rewritten in place."""
+    """Jobs done / total, solved, failed, elapsed and remaining time: one line rewritten in place.
+
+    The remaining time comes from a smoothed estimate of the sweep's total time, so it does not
+    swing when jobs end in bursts (a worker logs a trained chunk's jobs one after the other).
+    """
+
+    SMOOTHING = 0.15  # weight of the newest estimate of the total time
+    MAX_MESSAGES = 10  # failure lines printed; the rest are counted (the summary lists every failed run)
 
     def __init__(self, total: int | None, stream=None) -> None:
         self.total = total
-        self.done = 0
-        self.solved = 0
-        self.failed = 0
+        self.done = self.solved = self.failed = 0
         self.start = time.monotonic()
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty()
+        self.estimate: float | None = None  # of the whole sweep's seconds
+        self.lock = threading.Lock()
+        self.shown = False
+        self.messages = 0
 
-    def job_done(self, outcome: str | None, failed: bool = False) -> None:
-        self.done += 1
-        self.solved += outcome == "solved"
-        self.failed += failed
-        if self.enabled:
-            self.stream.write("\r" + self.line())
-            self.stream.flush()
+    def __call__(self, outcome: str | None, failed: bool, message: str | None = None) -> None:
+        """The sink of the launching process."""
+        with self.lock:
+            self.done += 1
+            self.solved += outcome == "solved"
+            self.failed += bool(failed)
+            if self.total and self.done:
+                guess = (time.monotonic() - self.start) / self.done * self.total
+                old = self.estimate
+                self.estimate = guess if old is None else old + self.SMOOTHING * (guess - old)
+            if message:
+                self.messages += 1
+                if self.messages <= self.MAX_MESSAGES:
+                    self._print(f"xorexp: {message}")
+            self._draw()
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
         of = f"/{self.total}" if self.total else ""
         remaining = ""
-        if self.total and self.done:
-            remaining = f", ~{_clock(elapsed / self.done * (self.total - self.done))} left"
+        if self.estimate is not None and self.total and self.done < self.total:
+            remaining = f", ~{_clock(self.estimate - elapsed)} left"
         failed = f", {self.failed} failed" if self.failed else ""
-        solved = f"{self.solved} solved{failed}"
-        return f"[xorexp] {self.done}{of} jobs, {solved}, {_clock(elapsed)} elapsed{remaining}"
+        counts = f"{self.done}{of} jobs, {self.solved} solved{failed}"
+        return f"[xorexp] {counts}, {_clock(elapsed)} elapsed{remaining}"
+
+    def _draw(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K" + self.line())
+            self.stream.flush()
+            self.shown = True
+
+    def _print(self, text: str) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
+        with self.lock:
+            if self.enabled and self.shown:
+                self.stream.write("\n")
+                self.stream.flush()
+                self.shown = False
+            self.enabled = False
+            hidden = self.messages - self.MAX_MESSAGES
+            if hidden > 0:
+                self._print(f"xorexp: ... and {hidden} more failed job(s), listed in the summary")
+                self.messages = self.MAX_MESSAGES
 
 
 class IterationProgress:
@@ -55,6 +133,7 @@ class IterationProgress:
         self.enabled = self.stream.isatty()
         self.last = 0.0
         self.shown = False
+        self.messages = 0
 
     def __call__(self, step: int, total: int) -> None:
         now = time.monotonic()
@@ -69,8 +148,3 @@ class IterationProgress:
         if self.shown:
             self.stream.write("\n")
             self.stream.flush()
-
-
-# The running sweep's progress in this process (set by the sweep callback), for launchers whose jobs'
-# callbacks run in other processes.
-ACTIVE: SweepProgress | None = None

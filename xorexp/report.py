@@ -71,17 +71,22 @@ def finish_sweep(
     parent_run_id: str,
     reused_ids: list[str],
     traces: Mapping[str, tuple] | None = None,
+    lost: int = 0,
 ) -> int:
     """Summarise the sweep, print the table, log it on the parent and end the parent.
 
     ``traces`` (run id -> (steps, values)) spares reading loss histories back from the store.
+
+    ``lost``: jobs the launcher ran that left no run at all (counted as failed, never dropped).
 
     Returns the number of failed jobs (the parent ends FAILED when there are any).
     """
     records = collect(store, parent_run_id, reused_ids)
     groups = summary.summarize(records)
     print(summary.format_table(groups), flush=True)
-    failed = sum(group.n_failed for group in groups)
+    failed = sum(group.n_failed for group in groups) + lost
+    if lost:
+        print(f"{lost} job(s) of the sweep left no run in the store (see the sweep's log)", flush=True)
     metrics: dict[str, float] = {"runs": float(len(records)), "failed_jobs": float(failed)}
     tags = {tracking.TAG_REUSED: str(len(reused_ids))}
     best = groups[0] if groups and groups[0].n_seeds else None

@@ -513,3 +513,31 @@ def loss_history(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     history = store.client.get_metric_history(run_id, "loss")
     history.sort(key=lambda m: m.step)
     return np.array([m.step for m in history]), np.array([m.value for m in history])
+
+
+def describe_store_error(error: BaseException, uri: str) -> str | None:
+    """One line naming the store when ``error`` means the store itself failed, else None."""
+    import errno
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for item in chain:
+        text = str(item).lower()
+        if isinstance(item, OSError) and item.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
+            why = item.strerror
+            return f"the tracking store {uri} cannot be written ({why}): free space or fix permissions"
+        if isinstance(item, sqlite3.OperationalError) or "sqlite3.operationalerror" in text:
+            return f"the tracking store {uri} failed ({_first_line(item)})"
+        if isinstance(item, MlflowException) and ("max retries" in text or "connection" in text):
+            return f"the tracking server {uri} stopped answering ({_first_line(item)})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

@@ -18,6 +18,8 @@ from xorexp import nn
 from xorexp.data import N_SAMPLES, X, Y
 
 SEED_MAX = 2**32 - 1
+HIDDEN_UNITS_MAX = 1_000_000  # one such run needs a few hundred MB; more would not fit a machine
+UNITS_PER_BATCH = 2_000_000  # runs x hidden_units in one engine batch: each (4, h, R) array <= 64 MB
 Progress = Callable[[int, int], None]  # progress(step, total steps of the batch)
 OUTCOMES = ("solved", "stuck", "diverged")
 
@@ -35,7 +37,10 @@ def _is_real(value: object) -> bool:
 
 # key -> (test, what is allowed); the single source of the config's value rules
 RULES = {
-    "hidden_units": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "hidden_units": (
+        lambda v: _is_int(v) and 1 <= v <= HIDDEN_UNITS_MAX,
+        f"an integer in [1, {HIDDEN_UNITS_MAX}] (memory grows with it)",
+    ),
     "lr": (lambda v: _is_real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
     "iterations": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (lambda v: _is_int(v) and 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
@@ -284,15 +289,16 @@ def batch_key(spec: RunSpec) -> tuple[int, int]:
 
 
 def plan_batches(specs: Sequence[RunSpec], chunk_size: int) -> list[list[int]]:
-    """Indices of ``specs`` in engine batches: same batch key, at most ``chunk_size`` runs each."""
+    """Indices of ``specs`` in engine batches: same batch key, at most ``chunk_size`` runs each,
+    and at most ``UNITS_PER_BATCH`` hidden units in all, so a batch's memory is bounded."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, spec in enumerate(specs):
         groups.setdefault(batch_key(spec), []).append(i)
-    return [
-        members[start : start + chunk_size]
-        for members in groups.values()
-        for start in range(0, len(members), chunk_size)
-    ]
+    batches = []
+    for members in groups.values():
+        size = max(1, min(chunk_size, UNITS_PER_BATCH // specs[members[0]].hidden_units))
+        batches += [members[start : start + size] for start in range(0, len(members), size)]
+    return batches
 
 
 def train(

@@ -295,6 +295,14 @@ def trial_result(ret: JobReturn, direction: str) -> tuple[TrialState, float | No
 # the sweep
 
 
+SETTINGS = ("sampler", "direction", "n_trials", "n_jobs", "seed", "storage", "study_name")
+
+
+def check_settings(sweep: OptunaSweep) -> None:
+    """A bad setting ends the command with one line (exit 2), before anything is created."""
+    _report_errors(sweep.check_settings)
+
+
 class OptunaSweep:
     def __init__(
         self,
@@ -324,7 +332,7 @@ class OptunaSweep:
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> Launcher:
-        _report_errors(self.check_settings)
+        check_settings(self)
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -396,8 +404,8 @@ class OptunaSweep:
                 first_failure = first_failure or (text if state is TrialState.FAIL else "")
             told += size
             returns.append(results)
-        if told and not completed:
-            raise RuntimeError(f"all {told} trials failed; the first {first_failure}")
+        if told and not completed:  # each is a FAILED run: the sweep's end reports them and exits 1
+            log.warning("all %d trials failed; the first %s", told, first_failure)
         self.report(study, storage_url, config)
         return returns
 
@@ -488,7 +496,7 @@ def _report_errors(action: Callable[[], T]) -> T:
     try:
         return action()
     except SweepConfigError as error:
-        from xorexp.app import fail
+        from xorexp.errors import fail
 
         fail(SweepConfigError(f"invalid sweep: {error}"))
         raise  # not reached: fail() exits

@@ -40,6 +40,14 @@ class XorexpOptunaSweeper(Sweeper):
             params=params,
         )
 
+    @staticmethod
+    def check_config(conf: DictConfig) -> None:
+        """The sweeper's settings, checked before the sweep creates anything (one line, exit 2)."""
+        from hydra_plugins.xorexp_optuna_sweeper import _core
+
+        settings = {key: conf.get(key) for key in _core.SETTINGS}
+        _core.check_settings(_core.OptunaSweep(**settings, params=conf.get("params")))
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context = hydra_context
         self.config = config

@@ -13,7 +13,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from xorexp.config import RESULT_KEYS, ConfigError, to_run_spec
-from xorexp.job import fail
+from xorexp.errors import fail
 from xorexp.train import RunSpec
 
 log = logging.getLogger(__name__)

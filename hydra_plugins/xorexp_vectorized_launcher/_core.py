@@ -13,17 +13,26 @@ Where that happens depends on the sweep and the backend:
   then: the sweep callback created it; sqlite takes a few concurrent writers);
 - ``backend=ray``: Ray tasks only train chunks and render plots; results come back here and only
   this process runs the jobs and writes to the store.
+
+Failure paths: a chunk whose training raises fails each of its jobs alone (a FAILED run each); a
+worker process that dies fails the jobs it had not finished (their records say which); a failing
+store (``errors.Abort`` from a job) and Ctrl-C/SIGTERM stop every worker within seconds and go on up
+to the entry point, which ends the sweep's runs. Workers ignore Ctrl-C (this process decides) and
+exit by themselves when this process is gone (e.g. ``kill -9``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
+import signal
+import threading
+import time
+import traceback
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,8 +43,8 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from omegaconf import open_dict
 
 from xorexp import chunks, progress, tracking
-from xorexp.config import ConfigError
-from xorexp.job import JOB_RECORD, PRECOMPUTED, fail
+from xorexp.errors import fail
+from xorexp.job import handing_over
 from xorexp.train import RunSpec, plan_batches
 
 from ._compose import Composer
@@ -45,6 +54,9 @@ log = logging.getLogger(__name__)
 RENDER_BATCH = 25  # runs per plot-rendering task (ray backend)
 MIN_RUNS_FOR_WORKERS = 16  # below this, starting worker processes costs more than it saves
 TASKS_PER_WORKER = 4  # local backend: jobs go to workers in about this many chunks per worker
+STOP_WAIT_S = 3.0  # how long stopped workers get before they are killed
+PARENT_POLL_S = 0.5  # how often a worker checks that the launching process is alive
+BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -58,6 +70,9 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    backend = str(launcher.backend)
+    if backend not in BACKENDS:  # also checked before the sweep starts (VectorizedLauncher.check_config)
+        fail(f"invalid config: hydra.launcher.backend={backend!r}: must be 'local' or 'ray'")
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     log.info(f"Launching {len(job_overrides)} jobs, vectorized")
 
@@ -70,21 +85,17 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     chunk_size = max(1, int(launcher.chunk_size))
     n_jobs = int(launcher.n_jobs)
     n_workers = (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
-    backend = str(launcher.backend)
 
     if backend == "ray":
         returns = _launch_on_ray(launcher, trainable, composer, chunk_size)
-    elif backend != "local":
-        fail(ConfigError(f"invalid config: hydra.launcher.backend={backend!r}: must be 'local' or 'ray'"))
     elif n_workers > 1 and len(trainable) >= MIN_RUNS_FOR_WORKERS:
-        returns = _launch_on_processes(launcher, trainable, chunk_size, n_workers)
+        returns = _launch_on_processes(launcher, trainable, composer, chunk_size, n_workers)
     else:
         returns = {}
         for members in plan_batches([job.spec for job in trainable], chunk_size):
             batch = [trainable[i] for i in members]
-            results = chunks.train_chunk([job.spec for job in batch])
             returns.update(
-                _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, results)
+                _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, _train(batch))
             )
     for job in jobs:
         if job.spec is None:
@@ -92,9 +103,23 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     return [returns[job.idx] for job in jobs]
 
 
+def _train(batch: list[Job]) -> list:
+    """The chunk's results, or for each job the error that stopped its training."""
+    try:
+        return chunks.train_chunk([job.spec for job in batch])
+    except Exception as error:  # its traceback goes with each job's FAILED run
+        return [_failure("training the chunk failed", error)] * len(batch)
+
+
+def _failure(what: str, error: BaseException) -> tuple[None, chunks.WorkerError]:
+    """What a job gets instead of its result when the launcher's work on it failed."""
+    details = "".join(traceback.format_exception(error))
+    return None, chunks.WorkerError(f"{what}: {type(error).__name__}: {error}", details)
+
+
 def _run_job(hydra_context, task_function, composer: Composer, job: Job) -> JobReturn:
     """One job through Hydra's own job machinery, as the basic launcher runs it."""
-    log.info(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
+    log.debug(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
     cfg = composer.compose(job.overrides)
     with open_dict(cfg):
         cfg.hydra.job.id = f"{cfg.hydra.job.name}_{job.idx}"
@@ -117,15 +142,27 @@ def _run_jobs(
     """Run jobs whose results (or per-run worker errors) are known: results[i] = (result, plots)."""
     out = {}
     for job, precomputed in zip(batch, results, strict=True):
-        PRECOMPUTED[job.spec] = precomputed if isinstance(precomputed, tuple) else (precomputed, None)
-        try:
+        handover = precomputed if isinstance(precomputed, tuple) else (precomputed, None)
+        with handing_over(job.spec, handover):
             out[job.idx] = _run_job(hydra_context, task_function, composer, job)
-        finally:
-            PRECOMPUTED.pop(job.spec, None)
     return out
 
 
 # ---- backend "local": whole jobs in worker processes -------------------------------------------
+
+
+def _init_worker(events, parent_pid: int) -> None:
+    """In each worker: Ctrl-C is the launching process's to handle; job ends go to its progress;
+    the worker exits by itself when the launching process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    progress.feed(progress.queue_sink(events))  # for the worker's whole life
+
+    def watch_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="xorexp-watch-parent", daemon=True).start()
 
 
 def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
@@ -141,42 +178,80 @@ def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
     Singleton.set_state(singleton_state)
     configure_log(master_config.hydra.hydra_logging, master_config.hydra.verbose)
     composer = Composer(hydra_context.config_loader, master_config)
-    try:
-        results = chunks.train_chunk([job.spec for job in batch])
-    except Exception as error:  # each job of the chunk then fails alone, recorded as FAILED
-        failure = chunks.WorkerError(f"training the chunk failed: {type(error).__name__}: {error}")
-        results = [(None, failure)] * len(batch)
-    return cloudpickle.dumps(list(_run_jobs(hydra_context, task_function, composer, batch, results).items()))
+    returns = _run_jobs(hydra_context, task_function, composer, batch, _train(batch))
+    return cloudpickle.dumps(list(returns.items()))
 
 
-def _launch_on_processes(launcher, jobs: list[Job], chunk_size: int, n_workers: int) -> dict[int, JobReturn]:
+def _launch_on_processes(
+    launcher, jobs: list[Job], composer: Composer, chunk_size: int, n_workers: int
+) -> dict[int, JobReturn]:
     task_size = max(MIN_RUNS_FOR_WORKERS, math.ceil(len(jobs) / (n_workers * TASKS_PER_WORKER)))
     plan = plan_batches([job.spec for job in jobs], min(chunk_size, task_size))
     context = cloudpickle.dumps(
         (Singleton.get_state(), launcher.hydra_context, launcher.task_function, launcher.config)
     )
     returns: dict[int, JobReturn] = {}
+    spawn = get_context("spawn")
+    events = spawn.SimpleQueue()
     with _thread_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
-        pool = ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"))
-    with pool:
-        futures = [
-            pool.submit(run_jobs_in_worker, context, [jobs[i] for i in members])
-            for members in plan
-        ]
-        for future in as_completed(futures):
-            for idx, ret in cloudpickle.loads(future.result()):
-                returns[idx] = ret
-                _report_progress(ret)
+        pool = ProcessPoolExecutor(
+            n_workers, mp_context=spawn, initializer=_init_worker, initargs=(events, os.getpid())
+        )
+    relay = threading.Thread(target=_relay, args=(events,), name="xorexp-progress", daemon=True)
+    relay.start()
+    batches: dict[Future, list[Job]] = {}
+    try:
+        for members in plan:
+            batch = [jobs[i] for i in members]
+            batches[pool.submit(run_jobs_in_worker, context, batch)] = batch
+        pending = set(batches)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    returns.update(cloudpickle.loads(future.result()))
+                except Exception as error:  # the worker died (or its result could not come back)
+                    batch = batches[future]
+                    why = _failure("its worker process failed", error)
+                    failures = [why] * len(batch)
+                    returns.update(
+                        _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, failures)
+                    )
+    finally:
+        _stop(pool)
+        events.put(None)
+        relay.join(timeout=STOP_WAIT_S)
     return returns
 
 
-def _report_progress(ret: JobReturn) -> None:
-    """Jobs run in workers: their callbacks ran there, so count them here for the sweep's progress."""
-    if progress.ACTIVE is None or ret.hydra_cfg is None:
-        return
-    record_path = Path(ret.hydra_cfg.hydra.runtime.output_dir) / JOB_RECORD
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    progress.ACTIVE.job_done(record.get("outcome"), failed=record.get("status") != "FINISHED")
+def _relay(events) -> None:
+    """Job ends reported by the workers, into this process's progress (and its failure lines)."""
+    while True:
+        event = events.get()
+        if event is None:
+            return
+        progress.job_ended(event[0], failed=event[1], message=event[2])
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down; workers still busy (an interrupt, a failing store) are stopped in seconds.
+
+    ProcessPoolExecutor has no public way to stop busy workers: its ``_processes`` are terminated
+    (SIGTERM), then killed if still there after ``STOP_WAIT_S``. A run a worker was writing stays
+    RUNNING in the store; the sweep's abort (or the next command) ends it.
+    """
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    busy = [process for process in processes if process.is_alive()]
+    for process in busy:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for process in busy:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
 
 
 @contextlib.contextmanager
@@ -210,34 +285,30 @@ def _launch_on_ray(launcher, jobs: list[Job], composer: Composer, chunk_size: in
             try:
                 results = future.result()
             except Exception as error:  # retries exhausted: each job of the chunk fails alone
-                failure = chunks.WorkerError(f"training the chunk failed: {type(error).__name__}: {error}")
-                returns.update(
-                    _run_jobs(
-                        launcher.hydra_context,
-                        launcher.task_function,
-                        composer,
-                        batch,
-                        [(None, failure)] * len(batch),
-                    )
-                )
-                continue
-            renders = [
-                executor.submit(
-                    chunks.render_many,
-                    [(r, tracking.run_name(r.spec)) for r in results[s : s + RENDER_BATCH]],
-                )
-                for s in range(0, len(results), RENDER_BATCH)
-            ]
-            plots: list = []
-            for render in renders:
-                try:
-                    plots += render.result()
-                except Exception:  # render here instead
-                    plots += [None] * RENDER_BATCH
-            precomputed = list(zip(results, plots[: len(results)], strict=True))
+                results = [_failure("training the chunk failed", error)] * len(batch)
+            else:
+                results = list(zip(results, _render_on_ray(executor, results), strict=True))
             returns.update(
-                _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, precomputed)
+                _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, results)
             )
     finally:
         executor.shutdown()
     return returns
+
+
+def _render_on_ray(executor, results: list) -> list:
+    """The runs' plots rendered by Ray tasks; None for those whose task failed (rendered in the job)."""
+    renders = [
+        executor.submit(
+            chunks.render_many,
+            [(r, tracking.run_name(r.spec)) for r in results[s : s + RENDER_BATCH]],
+        )
+        for s in range(0, len(results), RENDER_BATCH)
+    ]
+    plots: list = []
+    for render in renders:
+        try:
+            plots += render.result()
+        except Exception:  # render in the job instead
+            plots += [None] * RENDER_BATCH
+    return plots[: len(results)]

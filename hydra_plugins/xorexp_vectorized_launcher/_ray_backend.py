@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from xorexp.job import fail
+from xorexp.errors import fail
 
 try:
     import ray

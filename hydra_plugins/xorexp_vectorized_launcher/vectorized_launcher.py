@@ -16,6 +16,23 @@ class VectorizedLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
 
+    @staticmethod
+    def check_config(conf: DictConfig) -> None:
+        """The launcher's settings, checked before the sweep creates anything (raises ConfigError)."""
+        from xorexp.errors import ConfigError
+
+        def bad(key: str, allowed: str) -> ConfigError:
+            return ConfigError(f"invalid config: hydra.launcher.{key}={conf.get(key)!r}: must be {allowed}")
+
+        if conf.get("backend") not in ("local", "ray"):
+            raise bad("backend", "'local' or 'ray'")
+        n_jobs = conf.get("n_jobs")
+        if type(n_jobs) is not int or n_jobs == 0 or n_jobs < -1:
+            raise bad("n_jobs", "-1 (one per CPU) or an integer >= 1")
+        chunk_size = conf.get("chunk_size")
+        if type(chunk_size) is not int or chunk_size < 1:
+            raise bad("chunk_size", "an integer >= 1")
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context

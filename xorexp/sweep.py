@@ -1,0 +1,239 @@
+"""A running multirun as one tracked sweep, from its checks to its terminal status.
+
+``Sweep.start`` (called by the sweep callback before the first job) checks everything it can,
+claims the sweep directory, opens the store, opens the parent run and the sweep's progress.
+``Sweep.finish`` (after the last job) logs the summary on the parent and ends it. If the command
+stops early (Ctrl-C, SIGTERM, a failing store, any error), the entry point calls ``Sweep.abort``:
+the sweep's unfinished runs and its parent end KILLED (interrupt) or FAILED, and the user is told
+how to resume. The running sweep of this process is ``current()``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from xorexp import parent_run, progress, report, tracking
+from xorexp.config import check_sweep, count_jobs
+from xorexp.errors import Abort, ConfigError, fail
+from xorexp.job import JOB_RECORD, store_for
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".xorexp.lock"  # held by the launching process for the sweep's whole life
+LOG_FILE = "xorexp.log"  # the launching process's log of the sweep (job logs are in the job dirs)
+
+_current: Sweep | None = None
+
+
+def current() -> Sweep | None:
+    """The sweep this process is running, if any."""
+    return _current
+
+
+def preset_name(config: DictConfig) -> str | None:
+    """The sweep preset chosen, None for the default command-line grid."""
+    preset = config.hydra.runtime.choices.get("sweep")
+    return None if preset in (None, "grid") else preset
+
+
+def sweep_name(config: DictConfig) -> str:
+    """The parent run's name: the sweep preset, or the overrides, plus the time."""
+    label = preset_name(config) or " ".join(config.hydra.overrides.task) or "sweep"
+    return f"{label[:80]} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def check_plugins(config: DictConfig) -> None:
+    """The launcher's and sweeper's own settings, checked by the plugin class (``check_config``)."""
+    for node in (config.hydra.launcher, config.hydra.sweeper):
+        target = node.get("_target_")
+        try:
+            plugin = get_class(target) if target else None
+        except Exception:  # Hydra reports an unknown plugin itself
+            plugin = None
+        check = getattr(plugin, "check_config", None)
+        if check is not None:
+            check(node)
+
+
+def job_records(sweep_dir: str | Path, parent_run_id: str) -> list[dict]:
+    """What each job of this sweep wrote in its output dir (see job.JOB_RECORD)."""
+    records = []
+    for path in sorted(Path(sweep_dir).rglob(JOB_RECORD)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("parent_run_id") == parent_run_id:
+            records.append(record)
+    return records
+
+
+def job_trace(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    values = np.array(record["loss_trace"], dtype=float)
+    return np.arange(len(values)) * record["trace_every"], values
+
+
+def resume_command() -> str:
+    args = [arg for arg in sys.argv[1:] if not arg.startswith("tracking.skip_finished=")]
+    return shlex.join(["python", "-m", "xorexp", *args, "tracking.skip_finished=true"])
+
+
+class Sweep:
+    def __init__(self, config: DictConfig, store: tracking.Store, parent: parent_run.ParentRun) -> None:
+        self.config = config
+        self.store = store
+        self.parent = parent
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.total = count_jobs(config)
+        self.progress = progress.SweepProgress(self.total)
+        self.resources = ExitStack()
+
+    @classmethod
+    def start(cls, config: DictConfig) -> Sweep:
+        global _current
+        try:  # everything checkable, before any directory, store or run exists
+            check_sweep(config)
+            check_plugins(config)
+        except ConfigError as error:
+            fail(error)
+        resources = ExitStack()
+        try:
+            resources.enter_context(_claim(Path(config.hydra.sweep.dir)))
+            # a new store is created and migrated here, once, never by concurrent jobs
+            store = store_for(config.tracking.uri, config.tracking.experiment, config.hydra.runtime.cwd)
+            stale = tracking.mark_stale_runs(store)
+            if stale:
+                log.info("marked %d runs of crashed processes KILLED", len(stale))
+            tags = {
+                tracking.TAG_SWEEP: preset_name(config) or "overrides",
+                tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
+            }
+            run_id = tracking.start_parent(store, sweep_name(config), tags)
+        except BaseException:
+            resources.close()
+            raise
+        parent = parent_run.ParentRun(run_id, store.uri, store.experiment_id)
+        parent_run.write(config.hydra.sweep.dir, parent)
+        sweep = cls(config, store, parent)
+        sweep.resources = resources
+        resources.enter_context(_log_file(sweep.sweep_dir / LOG_FILE))
+        resources.enter_context(progress.feeding(sweep.progress))
+        _current = sweep
+        return sweep
+
+    def _close(self) -> None:
+        global _current
+        self.progress.close()
+        self.resources.close()
+        _current = None
+
+    def records(self) -> list[dict]:
+        return job_records(self.sweep_dir, self.parent.run_id)
+
+    def finish(self) -> None:
+        """Summary on the parent, which ends FINISHED, or FAILED (exit 1) if any job failed."""
+        self.progress.close()
+        jobs = self.records()
+        reused = [job["run_id"] for job in jobs if job.get("reused")]
+        traces = {job["run_id"]: job_trace(job) for job in jobs if "loss_trace" in job}
+        lost = 0 if self.total is None or self.config.hydra.sweeper.get("n_trials") is not None else (
+            max(0, self.total - len(jobs))
+        )
+        try:
+            failed = report.finish_sweep(self.store, self.parent.run_id, reused, traces, lost=lost)
+        except Exception as error:
+            problem = tracking.describe_store_error(error, self.store.uri)
+            log.error("the sweep's summary failed", exc_info=True)
+            self._end_parent("FAILED")
+            self._close()
+            raise Abort(problem or f"the sweep's summary failed: {type(error).__name__}: {error}") from error
+        self._close()
+        if failed:
+            raise Abort(f"{failed} job(s) of the sweep failed (listed above); resume: {resume_command()}")
+
+    def abort(self, error: BaseException) -> str:
+        """The command stops early: unfinished runs and the parent end; returns what to tell the user."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        status = "KILLED" if interrupted else "FAILED"
+        self.progress.close()
+        done = len(self.records())
+        ended = None
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a dead server: one try per call, not minutes
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+        try:
+            ended = 0
+            for run in tracking.sweep_children(self.store, self.parent.run_id):
+                if run.info.status == "RUNNING":
+                    tracking.finish_run(self.store, run.info.run_id, status)
+                    ended += 1
+            tracking.finish_run(self.store, self.parent.run_id, status)
+        except Exception:
+            log.warning("could not end the sweep's runs", exc_info=True)
+        self._close()
+        of = f" of {self.total}" if self.total else ""
+        if ended is None:
+            runs = "; the store could not be updated"
+        else:
+            runs = f"; {ended} unfinished run(s) and the parent marked {status}"
+        return f"{done}{of} jobs done{runs}; resume: {resume_command()}"
+
+    def _end_parent(self, status: str) -> None:
+        try:
+            tracking.finish_run(self.store, self.parent.run_id, status)
+        except Exception:
+            log.warning("could not end the parent run", exc_info=True)
+
+
+class _claim:
+    """Hold the sweep directory for this sweep: two sweeps never share one (nor its job dirs)."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.sweep_dir = sweep_dir
+
+    def __enter__(self) -> _claim:
+        try:
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.sweep_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            fail(f"cannot write the sweep directory {self.sweep_dir} ({error.strerror}): set hydra.sweep.dir")
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            fail(
+                f"the sweep directory {self.sweep_dir} is in use by another running sweep: "
+                "wait for it or set hydra.sweep.dir"
+            )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)  # releases the lock (so does the process's death)
+
+
+class _log_file:
+    """The launching process's log records go to ``path`` too (tracebacks included)."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+
+    def __enter__(self) -> _log_file:
+        logging.getLogger().addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
