@@ -96,7 +96,7 @@ def cli() -> None:
         running = sweep.current()
         if running is not None:
             message = f"{message}: {running.abort(error)}"
-        elif isinstance(error, KeyboardInterrupt):
-            message += ": the run was marked KILLED"
+        elif getattr(error, "killed_run_id", None):
+            message += f": run {error.killed_run_id} marked KILLED"
         say(message)
         sys.exit(status)

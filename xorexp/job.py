@@ -190,10 +190,11 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
                 )
                 record.write(run_id=run_id, status="RUNNING")
             track(store, run_id, result, cfg, pngs, params_logged=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if run_id is not None:
             _end_quietly(store, run_id, "KILLED")
             record.write(run_id=run_id, status="KILLED")
+            interrupt.killed_run_id = run_id  # for the entry point's one line
         raise
     except Abort:
         raise

@@ -33,6 +33,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -114,6 +115,8 @@ def _train(batch: list[Job]) -> list:
 def _failure(what: str, error: BaseException) -> tuple[None, chunks.WorkerError]:
     """What a job gets instead of its result when the launcher's work on it failed."""
     details = "".join(traceback.format_exception(error))
+    if isinstance(error, BrokenProcessPool):
+        return None, chunks.WorkerError(what, details)
     return None, chunks.WorkerError(f"{what}: {type(error).__name__}: {error}", details)
 
 
@@ -212,7 +215,10 @@ def _launch_on_processes(
                     returns.update(cloudpickle.loads(future.result()))
                 except Exception as error:  # the worker died (or its result could not come back)
                     batch = batches[future]
-                    why = _failure("its worker process failed", error)
+                    what = "its worker process died (killed, or out of memory)" if isinstance(
+                        error, BrokenProcessPool
+                    ) else "its worker process failed"
+                    why = _failure(what, error)
                     failures = [why] * len(batch)
                     returns.update(
                         _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, failures)
