@@ -246,7 +246,7 @@ def _none_last(value: float | None) -> tuple[bool, float]:
     return (value is None, 0.0 if value is None else value)
 
 
-def _params_order(group: GroupSummary) -> tuple:
+def params_order(group: GroupSummary) -> tuple:
     keys = []
     for key in GROUP_KEYS:
         value = group.value(key)
@@ -261,7 +261,7 @@ def sort_key(group: GroupSummary) -> tuple:
         _none_last(rate),
         _none_last(group.final_loss_median),
         _none_last(group.solved_at_median),
-        _params_order(group),
+        params_order(group),
     )
 
 
@@ -526,3 +526,16 @@ def figure_groups(
             )
         out.append(GroupRuns(group, label, outcomes, losses, traces))
     return out
+
+
+def success_cells(groups: Sequence[GroupSummary]) -> dict[tuple[int, float], tuple[int, int]]:
+    """(hidden_units, lr) -> (solved, seeds), pooled over every other value (iterations, ...)."""
+    cells: dict[tuple[int, float], list[int]] = {}
+    for g in groups:
+        h, lr = g.hidden_units, g.lr
+        if h is None or lr is None:
+            continue
+        cell = cells.setdefault((h, lr), [0, 0])
+        cell[0] += g.n_solved
+        cell[1] += g.n_seeds
+    return {key: (solved, n) for key, (solved, n) in cells.items()}
