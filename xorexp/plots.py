@@ -197,7 +197,7 @@ class _DecisionBoundary:
             [*self.points, Line2D([], [], color="k", linewidth=1.2)],
             ["target 0", "target 1", "output 0.5"],
             loc="upper left",
-            bbox_to_anchor=(528 / self.SIZE_PX[0], 420 / self.SIZE_PX[1]),
+            bbox_to_anchor=(515 / self.SIZE_PX[0], 420 / self.SIZE_PX[1]),
             fontsize=9,
             frameon=False,
         )
