@@ -1,4 +1,6 @@
-"""Per-run plots: the old matplotlib figures against ``plots.RunPlotter``, side by side, in one process.
+"""Per-run plots: the old matplotlib figures, the RunPlotter of a git revision (``--before``, default
+e6dfb8c: 384x256 / 320x272 px at 80 dpi, PIL's PNG encoder) and today's ``chunks.render_run_plots``
+(640x400 / 640x480 px at 100 dpi, own PNG encoder), side by side, in one process.
 
 Run: ``python benchmarks/bench_plots.py`` (about 1-2 minutes; ``--runs 30`` for a quick look).
 Trains ~100 runs of a 10,000-iteration h=2 sweep once, then renders both PNGs of every run with
@@ -10,10 +12,14 @@ printed, never asserted: they depend on the machine and on what else runs on it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -77,6 +83,34 @@ def old_render(result: RunResult, name: str) -> dict[str, bytes]:
     return out
 
 
+def plots_at(revision: str) -> object | None:
+    """xorexp/plots.py as it was at ``revision`` (git), imported as a module; None without git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        source = subprocess.run(["git", "show", f"{revision}:xorexp/plots.py"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"no plots.py at {revision}: {error}")
+        return None
+    spec = importlib.util.spec_from_loader(f"plots_{revision}", loader=None)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    exec(compile(source, f"{revision}:xorexp/plots.py", "exec"), module.__dict__)
+    return module
+
+
+def before_render(plotter: object) -> Callable[[RunResult, str], dict[str, bytes]]:
+    def render(result: RunResult, name: str) -> dict[str, bytes]:
+        return {
+            "plots/learning_curve.png": plotter.learning_curve_png(  # type: ignore[attr-defined]
+                result.trace_steps, result.loss_trace, name, iterations=result.spec.iterations
+            ),
+            "plots/decision_boundary.png": plotter.decision_boundary_png(result.params, name),  # type: ignore[attr-defined]
+        }
+
+    return render
+
+
 # ---- timing ----
 
 
@@ -105,6 +139,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="runs rendered per repeat (default 100)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the new renderer (default 5)")
     parser.add_argument("--old-repeats", type=int, default=3, help="repeats of the old figures (default 3)")
+    parser.add_argument("--before", default="e6dfb8c", help="git revision of the RunPlotter to compare with")
     args = parser.parse_args()
 
     seeds = range(-(-args.runs // len(LRS)))
@@ -125,9 +160,17 @@ def main() -> None:
 
     old = ms_per_run(old_render, results, args.old_repeats)
     report("old: new Figures, constrained layout, savefig", old)
+    before_module = plots_at(args.before)
+    if before_module is not None:
+        render_before = before_render(before_module.RunPlotter())  # type: ignore[attr-defined]
+        render_before(results[0], "warm-up")
     render_run_plots(results[0], "warm-up")  # this process's RunPlotter, as the workers use it
-    new = ms_per_run(render_run_plots, results, args.repeats)
-    report("new: chunks.render_run_plots (RunPlotter)", new)
+    for _ in range(2):  # interleaved, so both see the same machine load
+        if before_module is not None:
+            before = ms_per_run(render_before, results, args.repeats)
+            report(f"before: RunPlotter at {args.before}", before)
+        new = ms_per_run(render_run_plots, results, args.repeats)
+        report("new: chunks.render_run_plots (RunPlotter)", new)
     plotter = RunPlotter()
     curve = ms_per_run(
         lambda r, n: plotter.learning_curve_png(r.trace_steps, r.loss_trace, n, r.spec.iterations),
@@ -138,11 +181,15 @@ def main() -> None:
     report("  of which learning curve", curve)
     report("  of which decision boundary", boundary)
     print(f"speed-up (best old / best new): {min(old) / min(new):.1f}x")
+    if before_module is not None:
+        print(f"new / before ({args.before}), best of each: {min(new) / min(before):.2f}")
 
     old_sizes = [sum(map(len, old_render(r, run_name(r.spec)).values())) for r in results[:20]]
     new_sizes = [sum(map(len, render_run_plots(r, run_name(r.spec)).values())) for r in results[:20]]
+    before_sizes = [sum(map(len, render_before(r, run_name(r.spec)).values())) for r in results[:20]] \
+        if before_module is not None else [0]
     print(f"PNG bytes per run (both plots, mean of 20): old {statistics.mean(old_sizes):,.0f}, "
-          f"new {statistics.mean(new_sizes):,.0f}")
+          f"before {statistics.mean(before_sizes):,.0f}, new {statistics.mean(new_sizes):,.0f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from tests.conftest import ROOT
-from xorexp import plots
+from xorexp import nn, plots
 from xorexp.chunks import DECISION_BOUNDARY, LEARNING_CURVE, render_run_plots
 from xorexp.train import RunSpec, train
 
@@ -54,9 +54,12 @@ def test_both_plots_are_pngs(results):
 def test_same_run_same_bytes_whatever_was_rendered_before(results):
     def render(plotter, key):
         r = results[key]
+        title = plots.run_title(name(r.spec), r.outcome, r.final_loss)
         return {
-            "curve": plotter.learning_curve_png(r.trace_steps, r.loss_trace, name(r.spec), r.spec.iterations),
-            "boundary": plotter.decision_boundary_png(r.params, name(r.spec)),
+            "curve": plotter.learning_curve_png(
+                r.trace_steps, r.loss_trace, title, r.spec.iterations, r.outcome
+            ),
+            "boundary": plotter.decision_boundary_png(r.params, title),
         }
 
     first = render(plots.RunPlotter(), "stuck")  # a fresh renderer: nothing drawn before
@@ -143,9 +146,75 @@ def test_the_figure_functions_return_new_figures(results):
     boundary = plots.decision_boundary(r.params, "boundary")
     assert isinstance(curve, Figure) and isinstance(boundary, Figure)
     assert plots.learning_curve(r.trace_steps, r.loss_trace) is not curve
-    assert curve.axes[0].get_title() == "curve" and curve.axes[0].get_yscale() == "log"
-    assert boundary.axes[0].get_title() == "boundary"
+    assert curve.axes[0].get_title(loc="left") == "curve" and curve.axes[0].get_yscale() == "log"
+    assert boundary.axes[0].get_title(loc="left") == "boundary"
     for fig in (curve, boundary):
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         assert buffer.getvalue().startswith(PNG_SIGNATURE)
+
+
+def test_run_plots_are_titled_with_outcome_and_final_loss(results):
+    r = results["solved"]
+    title = plots.run_title("h2-lr5-s3", r.outcome, r.final_loss)
+    assert title == f"h2-lr5-s3: solved, final loss {r.final_loss:.3g}"
+    assert plots.run_title("x", "diverged", float("inf")) == "x: diverged, final loss inf"
+    render_run_plots(r, "h2-lr5-s3")  # the process's plotter now shows this run
+    plotter = plots.run_plotter()
+    assert plotter._curve.title.get_text() == title and plotter._boundary.title.get_text() == title
+
+
+def test_run_figures_size_legend_and_labels_inside(results):
+    r = results["stuck"]
+    curve = plots.learning_curve(r.trace_steps, r.loss_trace, "curve", outcome=r.outcome)
+    boundary = plots.decision_boundary(r.params, "boundary")
+    assert curve.canvas.get_width_height() == plots.RUN_CURVE_PX == (640, 400)
+    assert boundary.canvas.get_width_height() == plots.RUN_BOUNDARY_PX == (640, 480)
+    assert decode(render_run_plots(r, "x")[DECISION_BOUNDARY]).shape[:2] == (480, 640)
+    [legend] = boundary.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["target 0", "target 1", "output 0.5"]
+    renderer = boundary.canvas.get_renderer()
+    boundary.canvas.draw()
+    for fig in (curve, boundary):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        for label in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            box = label.get_window_extent(fig.canvas.get_renderer())
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+        assert all(t.get_text() for t in ax.get_yticklabels() if t.get_visible())
+    assert legend.get_window_extent(renderer).x1 <= boundary.bbox.width
+    assert curve.axes[0].lines[0].get_color() == plots.OUTCOME_COLORS["stuck"]
+
+
+def test_decision_surface_in_slices_equals_the_whole_computation():
+    rng = np.random.RandomState(0)
+    h = 3000
+    params = rng.randn(4 * h + 1)
+    inputs = np.stack(np.meshgrid(np.linspace(-0.25, 1.25, 30), np.linspace(-0.25, 1.25, 30))).reshape(2, -1)
+    with np.errstate(all="ignore"):
+        whole = nn.forward(params[:, None], inputs)[0][:, 0]  # (900,): 900 x 3000 at once
+    # slices over the inputs (7 inputs x 3000 units at a time): the same bits
+    assert plots.surface_values(params, inputs, budget=7 * h).tobytes() == whole.tobytes()
+    # more units than the budget: sums over blocks of units, the same values to rounding
+    blocks = plots.surface_values(params, inputs, budget=1000)
+    np.testing.assert_allclose(blocks, whole, rtol=1e-12, atol=1e-15)
+    # the plotter computes its 100 x 100 grid through the same slicing
+    boundary = plots.RunPlotter()._boundary
+    assert boundary.surface(params).shape == (100, 100)
+    expected = plots.surface_values(params, boundary.inputs)
+    np.testing.assert_array_equal(boundary.surface(params).ravel(), expected)
+
+
+def test_a_wide_network_surface_stays_within_a_memory_bound():
+    import tracemalloc
+
+    params = np.random.RandomState(1).randn(4 * 100_000 + 1)  # the hidden_units=100000
+    inputs = np.random.RandomState(2).uniform(-0.25, 1.25, size=(2, 200))  # 20 slices of 10 inputs
+    tracemalloc.start()
+    values = plots.surface_values(params, inputs)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # 200 inputs at once would take 160 MB per array (the 100 x 100 grid: 8 GB)
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB"
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(values, nn.forward(params[:, None], inputs)[0][:, 0])

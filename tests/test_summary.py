@@ -6,7 +6,6 @@ import csv
 import io
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -209,7 +208,8 @@ def test_table_has_one_row_per_group_and_lists_failed_runs(records):
     assert "reused" in header
     assert len(rows) == 5
     assert rows[0].split()[:6] == ["4", "0.5", "1000", "1", "1/1", "100%"]
-    assert rows[2].split()[:9] == ["2", "0.5", "1000", "5", "3/5", "60%", "1", "1", "1"]
+    # success, its 95 % Wilson interval, stuck, diverged, failed
+    assert rows[2].split()[:11] == ["2", "0.5", "1000", "5", "3/5", "60%", "[0.23,", "0.88]", "1", "1", "1"]
     assert "0.025" in rows[2] and "700" in rows[2]
     assert rows[4].split()[:4] == ["8", "1", "1000", "0"]
     assert failed_line == "failed runs (2): a5, e1"
@@ -241,6 +241,28 @@ def test_trace_band_uses_the_runs_present_at_each_step():
     assert all(len(a) == 0 for a in summary.trace_band([]))
 
 
+def test_wilson_interval_against_hand_computed_values():
+    # 13/20: p = 0.65, z²/n = 0.19207; centre 0.62583, half-width 0.19298
+    assert summary.wilson_interval(13, 20) == pytest.approx((0.4328543, 0.8188082), abs=1e-6)
+    assert summary.wilson_interval(0, 20) == (0.0, pytest.approx(0.1611252, abs=1e-6))  # z²/n / (1 + z²/n)
+    assert summary.wilson_interval(20, 20) == (pytest.approx(0.8388748, abs=1e-6), 1.0)
+    assert summary.wilson_interval(1, 1) == (pytest.approx(0.2065493, abs=1e-6), 1.0)
+    assert summary.wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        summary.wilson_interval(3, 2)
+
+
+def test_groups_carry_stuck_counts_and_intervals_into_the_csv(records):
+    groups = summary.summarize(records)
+    rows = {(r["hidden_units"], r["lr"]): r for r in csv.DictReader(io.StringIO(summary.to_csv(groups)))}
+    assert {"success_low", "success_high", "n_stuck"} <= set(summary.CSV_COLUMNS)
+    a = rows["2", "0.5"]  # 3 solved, 1 stuck, 1 diverged of 5
+    assert (a["n_solved"], a["n_stuck"], a["n_diverged"]) == ("3", "1", "1")
+    low, high = summary.wilson_interval(3, 5)
+    assert (float(a["success_low"]), float(a["success_high"])) == (low, high)
+    assert rows["8", "1.0"]["success_low"] == "" and rows["8", "1.0"]["n_stuck"] == "0"  # no result
+
+
 def png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -249,109 +271,180 @@ def png(fig) -> bytes:
     return data
 
 
-def test_success_heatmap_shows_pooled_rates_by_hidden_units_and_lr(records):
-    # same h and lr as group a, another group (iterations)
-    extra = [rec("a-long", seed=1, iterations="5000", outcome="stuck", loss=0.3)]
-    fig = plots.success_heatmap(summary.summarize(records + extra))
-    ax = fig.axes[0]
-    [image] = ax.images
-    grid = image.get_array()
-    assert grid.shape == (3, 3)  # hidden_units 2, 4, 8 x lr 0.1, 0.5, 1.0
-    expected = np.array(
-        [
-            [1.0, 3 / 6, np.nan],  # h=2: lr=0.5 pools 3/5 and 0/1
-            [0.0, 1.0, np.nan],
-            [np.nan, np.nan, np.nan],  # h=8: only a failed job
-        ]
-    )
-    np.testing.assert_allclose(np.ma.filled(grid.astype(float), np.nan), expected)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.5", "1"]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["2", "4", "8"]
-    assert sorted(t.get_text() for t in ax.texts) == ["0.00", "0.50", "1.00", "1.00"]
-    assert image.get_clim() == (0.0, 1.0) and len(fig.axes) == 2  # colorbar
-    png(fig)
+def sweep(h_values, lrs, n_seeds, solved_per_group=None, iterations=300, stuck_loss=0.35):
+    """Records and traces of a synthetic sweep: per group the first ``solved_per_group(h, lr)``
+    seeds solve (loss falling to 0.005), the others stick at ``stuck_loss``."""
+    records, traces = [], {}
+    for h in h_values:
+        for lr in lrs:
+            n_solved = solved_per_group(h, lr) if solved_per_group else n_seeds // 2
+            for seed in range(n_seeds):
+                solved = seed < n_solved
+                end = 0.005 * (1 + seed / 100) if solved else stuck_loss + seed / 1e4
+                rid = f"h{h}-lr{lr}-s{seed}"
+                records.append(
+                    rec(
+                        rid,
+                        h=h,
+                        lr=lr,
+                        seed=seed,
+                        outcome="solved" if solved else "stuck",
+                        loss=end,
+                        iterations=str(iterations),
+                    )
+                )
+                steps = np.arange(0, iterations, 100)
+                traces[rid] = (steps, np.geomspace(0.7, end, len(steps)))
+    groups = summary.summarize(records)
+    curves = [[traces[rid] for rid in g.run_ids] for g in groups]
+    return groups, records, curves
 
 
-def test_success_heatmap_of_a_large_grid_is_not_annotated():
-    records = [rec(f"r{h}-{j}", h=h, lr=repr(0.01 * (j + 1))) for h in range(1, 21) for j in range(30)]
-    fig = plots.success_heatmap(summary.summarize(records))
-    ax = fig.axes[0]
-    assert ax.images[0].get_array().shape == (20, 30) and not ax.texts
-    labels = [float(t.get_text()) for t in ax.get_xticklabels()]
-    assert labels == sorted(labels) and len(labels) <= 15
-    png(fig)
+def tick_texts(axis):
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_visible()]
 
 
-def test_final_loss_vs_lr_one_line_per_hidden_units(records):
-    fig = plots.final_loss_vs_lr(records)
-    ax = fig.axes[0]
-    assert [line.get_label() for line in ax.lines] == ["h=2", "h=4"]  # h=8 has no final loss
-    h2 = ax.lines[0]
-    np.testing.assert_allclose(h2.get_xdata(), [0.1, 0.5])
-    np.testing.assert_allclose(h2.get_ydata(), [0.15, np.median([0.01, 0.02, 0.35, 0.03])])
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert "1 diverged excluded" in ax.get_title() and "25–75 %" in ax.get_title()
-    assert len(ax.collections) == 2  # one band per line
-    assert "min–max" in plots.final_loss_vs_lr(records, band="range").axes[0].get_title()
-    png(fig)
-
-
-def test_figures_render_without_data():
-    for fig in (
-        plots.success_heatmap([]),
-        plots.final_loss_vs_lr([]),
-        plots.loss_curves([], []),
-    ):
+def test_which_figures_follow_what_the_sweep_varied():
+    lr_only = plots.sweep_figures(*sweep([2], ["0.01", "0.1", "1"], 1))
+    assert set(lr_only) == {
+        "plots/success_rate_vs_lr.png",
+        "plots/final_loss_vs_lr.png",
+        "plots/loss_curves.png",
+    }
+    h_only = plots.sweep_figures(*sweep([1, 2, 3], ["0.1"], 4))
+    assert set(h_only) == {
+        "plots/success_rate_vs_hidden_units.png",
+        "plots/final_loss_vs_hidden_units.png",
+        "plots/loss_curves.png",
+    }
+    both = plots.sweep_figures(*sweep([2, 3], ["0.5", "2"], 2))
+    assert set(both) == {
+        "plots/success_rate_heatmap.png",
+        "plots/final_loss_vs_lr.png",
+        "plots/loss_curves.png",
+    }
+    seeds_only = plots.sweep_figures(*sweep([2], ["0.1"], 5))
+    assert set(seeds_only) == {"plots/success_rate.png", "plots/final_loss.png", "plots/loss_curves.png"}
+    without_curves = plots.sweep_figures(*sweep([2], ["0.1", "1"], 2)[:2])
+    assert "plots/loss_curves.png" not in without_curves
+    assert plots.sweep_figures([], [], []) == {}
+    for fig in [*lr_only.values(), *h_only.values(), *both.values(), *seeds_only.values()]:
+        width, height = fig.canvas.get_width_height()
+        assert (width, height) == plots.SWEEP_PX and min(plots.SWEEP_PX) >= 560
         png(fig)
 
 
-def traces_for(n_seeds, rng, length=50):
-    out = []
-    for _ in range(n_seeds):
-        n = int(rng.integers(5, length + 1))  # early stops of different lengths
-        out.append((np.arange(n) * 100, np.exp(-np.linspace(0, rng.uniform(1, 5), n))))
-    return out
+def test_narrow_final_losses_get_a_labelled_linear_axis_from_zero():
+    # the README's lr sweep: three stuck runs at 0.347-0.352 must not look like an improvement
+    figs = plots.sweep_figures(*sweep([2], ["0.01", "0.1", "1"], 1, solved_per_group=lambda h, lr: 0))
+    ax = figs["plots/final_loss_vs_lr.png"].axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0.0
+    assert len(tick_texts(ax.yaxis)) >= 3 and all(tick_texts(ax.yaxis))
+    assert tick_texts(ax.xaxis) == ["0.01\nn=1", "0.1\nn=1", "1\nn=1"]
+    # a wide range: log axis on whole decades, every major tick labelled
+    wide = plots.sweep_figures(*sweep([2], ["0.1", "1"], 4))["plots/final_loss_vs_lr.png"].axes[0]
+    assert wide.get_yscale() == "log"
+    png(wide.figure)
+    labelled = [t for t in wide.yaxis.get_majorticklocs() if wide.get_ylim()[0] <= t <= wide.get_ylim()[1]]
+    assert len(labelled) >= 2 and all(tick_texts(wide.yaxis))
 
 
-def test_loss_curves_with_few_groups_has_a_line_and_legend_entry_each(records):
-    groups = summary.summarize(records)
-    rng = np.random.default_rng(0)
-    curves = [traces_for(len(g.run_ids), rng) for g in groups]
-    fig = plots.loss_curves(groups, curves)
+def test_success_rate_points_carry_counts_and_wilson_intervals():
+    groups, records, curves = sweep(
+        [1, 2, 3], ["0.1"], 20, solved_per_group=lambda h, lr: {1: 0, 2: 13, 3: 20}[h]
+    )
+    ax = plots.sweep_figures(groups, records, curves)["plots/success_rate_vs_hidden_units.png"].axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["0/20", "13/20", "20/20"]
+    assert tick_texts(ax.xaxis) == ["1\nn=20", "2\nn=20", "3\nn=20"]
+    [points] = [line for line in ax.lines if line.get_marker() == "o"]
+    np.testing.assert_allclose(np.asarray(points.get_ydata(), dtype=float), [0.0, 0.65, 1.0])
+    [bars] = ax.collections  # the error bars: one segment per point, the Wilson interval
+    ends = sorted(tuple(np.round(seg[:, 1], 4)) for seg in bars.get_segments())
+    assert ends == [(0.0, 0.1611), (0.4329, 0.8188), (0.8389, 1.0)]
+
+
+def test_success_heatmap_cells_show_count_and_interval():
+    groups, records, curves = sweep(
+        [2, 3], ["0.1", "1"], 20, solved_per_group=lambda h, lr: 13 if h == 2 else 20
+    )
+    extra = [rec("other-it", h=2, lr="0.1", seed=0, iterations="5000", outcome="stuck", loss=0.3)]
+    fig = plots.success_heatmap(summary.summarize(records + extra))  # pools the other iterations
     ax = fig.axes[0]
-    drawn = [g for g in groups if g.run_ids]
-    assert len(ax.lines) == len(drawn) == 4
-    texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert texts[0] == "h=4 lr=0.5 (n=1)" and texts[2] == "h=2 lr=0.5 (n=5)"
-    assert ax.get_yscale() == "log"
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert (
+        "13/20\n[0.43, 0.82]" in texts and "13/21\n[0.41, 0.79]" in texts and "20/20\n[0.84, 1.00]" in texts
+    )
+    assert tick_texts(ax.xaxis) == ["0.1", "1"] and tick_texts(ax.yaxis) == ["2", "3"]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[13 / 21, 13 / 20], [1.0, 1.0]])
     png(fig)
+
+
+def test_final_loss_draws_every_run_by_outcome_and_the_median():
+    groups, records, curves = sweep([2], ["0.1"], 20, solved_per_group=lambda h, lr: 13)
+    ax = plots.sweep_figures(groups, records, curves)["plots/final_loss.png"].axes[0]
+    [dots] = [c for c in ax.collections if len(c.get_offsets()) == 20]
+    colours = [tuple(np.round(c[:3], 3)) for c in dots.get_facecolors()]
+    from matplotlib.colors import to_rgb
+
+    assert colours.count(tuple(np.round(to_rgb(plots.OUTCOME_COLORS["solved"]), 3))) == 13
+    assert colours.count(tuple(np.round(to_rgb(plots.OUTCOME_COLORS["stuck"]), 3))) == 7
+    [median] = [c for c in ax.collections if c is not dots]
+    assert median.get_segments()[0][0, 1] == pytest.approx(np.median([r.final_loss for r in records]))
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["median"]
+    assert any("solved (13)" in t.get_text() for a in ax.artists for t in a.get_texts())
+
+
+def test_loss_curves_show_every_run_by_outcome_with_n_in_each_panel():
+    groups, records, curves = sweep([2, 3], ["0.1"], 20, solved_per_group=lambda h, lr: {2: 13, 3: 20}[h])
+    fig = plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title(loc="left") for ax in panels] == [
+        "h=2 (n=20)\n13 solved, 7 stuck",
+        "h=3 (n=20)\n20 solved",
+    ]
+    h2 = panels[0]
+    per_outcome = {}
+    for collection in h2.collections:
+        per_outcome[plots.matplotlib.colors.to_hex(collection.get_colors()[0])] = len(
+            collection.get_segments()
+        )
+    assert per_outcome == {
+        plots.OUTCOME_COLORS["stuck"].lower(): 7,
+        plots.OUTCOME_COLORS["solved"].lower(): 13,
+    }
+    assert len(h2.lines) == 1  # the median of all 20 on top
+    assert all(tick_texts(h2.yaxis)) and len(tick_texts(h2.yaxis)) >= 2  # shared y: labels on the first
+    assert all(tick_texts(h2.xaxis)) and len(tick_texts(h2.xaxis)) >= 2
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["solved (33)", "stuck (7)", "median of all"]
+    png(fig)
+
+
+def test_loss_curves_beyond_50_seeds_show_solved_and_stuck_apart():
+    groups, records, curves = sweep([2], ["0.1"], 60, solved_per_group=lambda h, lr: 45)
+    fig = plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
+    [ax] = [a for a in fig.axes if a.get_visible()]
+    assert ax.get_title(loc="left") == "h=2 lr=0.1 (n=60)\n45 solved, 15 stuck"
+    assert not [c for c in ax.collections if hasattr(c, "get_segments") and len(c.get_segments()) > 2]
+    colours = sorted(plots.matplotlib.colors.to_hex(line.get_color()) for line in ax.lines)
+    assert colours == sorted([plots.OUTCOME_COLORS["solved"].lower(), plots.OUTCOME_COLORS["stuck"].lower()])
+    final = plots.sweep_figures(groups, records, curves)["plots/final_loss.png"].axes[0]
+    assert sorted(t.get_text() for t in final.texts if t.get_text().isdigit()) == ["15", "45"]
+    png(fig)
+
+
+def test_many_groups_draw_all_runs_in_one_panel():
+    groups, records, curves = sweep(list(range(1, 8)), ["0.1", "1"], 2)  # 14 groups
+    fig = plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
+    [ax] = fig.axes
+    assert sum(len(c.get_segments()) for c in ax.collections) == 28
+    png(fig)
+
+
+def test_figures_need_the_traces_of_every_run():
+    groups, records, curves = sweep([2], ["0.1", "1"], 2)
     with pytest.raises(ValueError):
-        plots.loss_curves(groups, curves[:-1])
-
-
-def test_loss_curves_of_1000_groups_label_only_a_few():
-    rng = np.random.default_rng(1)
-    lrs = 10 ** rng.uniform(-2, 1, size=1000)
-    records = [rec(f"r{i}", h=1 + i % 10, lr=repr(float(lr))) for i, lr in enumerate(lrs)]
-    groups = summary.summarize(records)
-    assert len(groups) == 1000
-    fig = plots.loss_curves(groups, [traces_for(1, rng) for _ in groups])
-    ax = fig.axes[0]
-    legend = ax.get_legend()
-    assert len(legend.get_texts()) == 5 <= 10
-    assert len(ax.lines) == 5 and len(fig.axes) == 2  # the highlighted groups, and a colorbar
-    assert fig.axes[1].get_ylabel() == "lr"
-    start = time.perf_counter()
-    png(fig)
-    assert time.perf_counter() - start < 20
-
-
-def test_loss_curves_of_one_group_of_1000_seeds():
-    rng = np.random.default_rng(2)
-    records = [rec(f"r{i}", seed=i) for i in range(1000)]
-    [group] = summary.summarize(records)
-    fig = plots.loss_curves([group], [traces_for(1000, rng)])
-    ax = fig.axes[0]
-    assert len(ax.get_legend().get_texts()) == 1 and len(ax.lines) == 1
-    assert ax.get_legend().get_texts()[0].get_text().endswith("(n=1000)")
-    png(fig)
+        plots.sweep_figures(groups, records, curves[:-1])
+    with pytest.raises(ValueError):
+        plots.sweep_figures(groups, records, [c[:1] for c in curves])

@@ -22,13 +22,16 @@ def train_chunk(specs: Sequence[RunSpec]) -> list[RunResult]:
 
 
 def render_run_plots(result: RunResult, name: str) -> dict[str, bytes]:
-    """The two per-run figures as PNG bytes, keyed by artifact path (``plots.RunPlotter``)."""
+    """The two per-run figures as PNG bytes, keyed by artifact path (``plots.RunPlotter``), titled
+    with the run's name, outcome and final loss."""
     plotter = plots.run_plotter()
+    title = plots.run_title(name, result.outcome, result.final_loss)
     return {
         LEARNING_CURVE: plotter.learning_curve_png(
-            result.trace_steps, result.loss_trace, name, iterations=result.spec.iterations
+            result.trace_steps, result.loss_trace, title, iterations=result.spec.iterations,
+            outcome=result.outcome,
         ),
-        DECISION_BOUNDARY: plotter.decision_boundary_png(result.params, name),
+        DECISION_BOUNDARY: plotter.decision_boundary_png(result.params, title),
     }
 
 

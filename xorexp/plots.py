@@ -1,41 +1,67 @@
 """Figures of one run and of a sweep, drawn with matplotlib's object API (no pyplot global state).
 
-The sweep functions and ``learning_curve``/``decision_boundary`` return Figures; they never save or
-log them. ``RunPlotter`` renders the two per-run figures straight to PNG bytes, fast enough to log
-every run of a large sweep (see ``benchmarks/bench_plots.py``).
+Plots only draw: every statistic a sweep figure shows (medians, bands, counts, intervals, which
+values vary) comes from ``xorexp.summary``. Figures are returned, never saved or logged here.
+``RunPlotter`` renders the two per-run figures straight to PNG bytes, fast enough to log every run
+of a large sweep (see ``benchmarks/bench_plots.py``). Sizes are in pixels at ``DPI``, chosen to be
+shown 1:1 by the MLflow UI's artifact viewer (natural size up to ~800-1000 px wide).
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import math
+import struct
 import threading
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import contourpy
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
-from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
-from PIL import Image
+from matplotlib.lines import Line2D
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
-from xorexp import nn
+from xorexp import nn, summary
 from xorexp.data import X, Y
-from xorexp.summary import GroupSummary, RunRecord, group_labels, one_per_seed, parse_param, trace_band
+
+DPI = 100
+RUN_CURVE_PX = (640, 400)
+RUN_BOUNDARY_PX = (640, 480)
+SWEEP_PX = (900, 560)
+# one colour per outcome in every figure (Okabe-Ito, readable with colour-blindness)
+OUTCOME_COLORS = {"solved": "#0072B2", "stuck": "#E69F00", "diverged": "#CC79A7", "failed": "0.45"}
 
 # ---- figures of one run: fixed layouts whose data artists are updated per run ----
 
-_DPI = 80
-_GRID = 100  # cells per side of the decision-boundary image (2 px each), values at cell centres
+_GRID = 100  # cells per side of the decision-boundary image, values at cell centres
 _LOW, _HIGH = -0.25, 1.25  # the input square shown by the decision boundary
-_PNG_COMPRESS_LEVEL = 1  # zlib level: 1 is ~1.5x faster than PIL's default 6, files ~15 % larger
+_PNG_LEVEL = 1  # zlib level: fast; the "up" filter makes the images' flat areas compress well
+SURFACE_BUDGET = 1 << 20  # most array elements (8 MB of floats) per slice of the surface computation
 _MAX_BACKGROUNDS = 64  # learning-curve backgrounds kept per process, one per set of axis limits
+
+
+def _plain_log(axis: Any) -> None:
+    """Log scale with plain tick labels (0.001, 0.1, 10) and no minor labels: matplotlib's default
+    10^k labels go through mathtext (slow), and minor labels crowd a narrow range. Call after
+    set_*scale."""
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def run_title(name: str, outcome: str, final_loss: float) -> str:
+    """``h2-lr0.1-s42: solved, final loss 0.0123`` (diverged: the non-finite value, e.g. ``inf``)."""
+    return f"{name}: {outcome}, final loss {final_loss:.3g}"
+
+
+def _new_figure(size_px: tuple[int, int]) -> Figure:
+    figure = Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _axes_rect(fig_px: tuple[int, int], left: int, bottom: int, width: int, height: int) -> list[float]:
@@ -47,25 +73,30 @@ def _axes_rect(fig_px: tuple[int, int], left: int, bottom: int, width: int, heig
 class _LearningCurve:
     """Loss vs iteration on a log y axis; y limits snap to whole decades, x runs from 0 to the end."""
 
-    SIZE_PX = (384, 256)
+    SIZE_PX = RUN_CURVE_PX
 
     def __init__(self) -> None:
-        self.figure = Figure(figsize=(self.SIZE_PX[0] / _DPI, self.SIZE_PX[1] / _DPI), dpi=_DPI)
-        FigureCanvasAgg(self.figure)
-        ax = self.figure.add_axes(_axes_rect(self.SIZE_PX, 70, 40, 290, 188))
-        (self.line,) = ax.plot([], [], color="tab:blue", linewidth=1.2)
+        self.figure = _new_figure(self.SIZE_PX)
+        ax = self.figure.add_axes(_axes_rect(self.SIZE_PX, 80, 55, 535, 305))
+        (self.line,) = ax.plot([], [], color=OUTCOME_COLORS["solved"], linewidth=1.5)
         ax.set_yscale("log")
+        _plain_log(ax.yaxis)  # decade-snapped limits: at least two labelled decades, no minor labels
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k: long runs' labels do not collide
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss (binary cross-entropy)")
         ax.grid(True, which="both", alpha=0.3)
-        self.title = ax.set_title("", fontsize=9, y=1.0)  # fixed: no automatic placement
+        self.title = ax.set_title("", fontsize=11, y=1.0, loc="left")  # fixed: no automatic placement
         self.no_data = ax.text(0.5, 0.5, "no finite positive loss", ha="center", va="center",
                                transform=ax.transAxes, color="0.4")
         self.ax = ax
 
     def update(
-        self, steps: np.ndarray, loss_trace: np.ndarray, title: str, iterations: int | None = None
+        self,
+        steps: np.ndarray,
+        loss_trace: np.ndarray,
+        title: str,
+        iterations: int | None = None,
+        outcome: str | None = None,
     ) -> tuple[Any, ...]:
         """Show one run; returns the key of everything drawn that does not depend on the data."""
         steps = np.asarray(steps, dtype=float)
@@ -81,6 +112,8 @@ class _LearningCurve:
         else:
             limits = (max(x_end, 1.0), None, None)
         self.line.set_data(steps[shown], loss[shown])
+        self.line.set_marker("o" if shown.sum() < 3 else "")  # a lone point (early divergence) shows
+        self.line.set_color(OUTCOME_COLORS.get(outcome or "solved", OUTCOME_COLORS["failed"]))
         self.title.set_text(title)
         self.ax.set_xlim(0.0, limits[0])
         self.ax.set_ylim(*((10.0 ** limits[1], 10.0 ** limits[2]) if limits[1] is not None else (1e-3, 1.0)))
@@ -91,16 +124,53 @@ class _LearningCurve:
         return [self.line, *self.ax.spines.values(), self.title]
 
 
-class _DecisionBoundary:
-    """Network output over the input square, a 0.5 contour, the four XOR points coloured by target."""
+def surface_values(params: np.ndarray, inputs: np.ndarray, budget: int = SURFACE_BUDGET) -> np.ndarray:
+    """Network output of one run at ``inputs`` (2, N), computed in slices of at most ~``budget``
+    array elements, so memory stays bounded whatever hidden_units (a 100x100 grid at once would
+    take N*h*8 bytes per array: 8 GB at h=100,000). NaN where not finite.
 
-    SIZE_PX = (320, 272)
+    Up to ``budget`` hidden units, slices go over the inputs and the values are exactly
+    ``nn.forward``'s (each input's sum over units is the same sequence of adds). Beyond it, each
+    input's sum over units is taken in blocks of units too: the same picture, last bits may differ.
+    """
+    params = np.asarray(params, dtype=float)
+    inputs = np.asarray(inputs, dtype=float)
+    h = (len(params) - 1) // 4
+    n = inputs.shape[1]
+    out = np.empty(n)  # (N,)
+    with np.errstate(all="ignore"):
+        if h <= budget:
+            per_slice = max(1, budget // h)
+            for start in range(0, n, per_slice):
+                part = inputs[:, start : start + per_slice]
+                out[start : start + part.shape[1]] = nn.forward(params[:, None], part)[0][:, 0]
+        else:
+            layers = nn.layers(params[:, None])
+            for i in range(n):
+                x1, x2 = inputs[0, i], inputs[1, i]
+                z2 = 0.0
+                for u in range(0, h, budget):
+                    z1 = layers.w1a[u : u + budget] * x1  # (units, 1)
+                    z1 += layers.w1b[u : u + budget] * x2
+                    z1 += layers.b1[u : u + budget]
+                    hidden = nn.sigmoid(z1, out=z1)
+                    partial = np.empty((1, 1))
+                    nn.sum_over_units((hidden * layers.w2[u : u + budget])[None], out=partial)
+                    z2 += partial[0, 0]
+                out[i] = nn.sigmoid(np.array([z2 + layers.b2[0]]))[0]
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+class _DecisionBoundary:
+    """Network output over the input square, a 0.5 contour, the four XOR points by target, a legend."""
+
+    SIZE_PX = RUN_BOUNDARY_PX
 
     def __init__(self) -> None:
-        self.figure = Figure(figsize=(self.SIZE_PX[0] / _DPI, self.SIZE_PX[1] / _DPI), dpi=_DPI)
-        FigureCanvasAgg(self.figure)
-        ax = self.figure.add_axes(_axes_rect(self.SIZE_PX, 48, 38, 200, 200))
-        cax = self.figure.add_axes(_axes_rect(self.SIZE_PX, 260, 38, 10, 200))
+        self.figure = _new_figure(self.SIZE_PX)
+        ax = self.figure.add_axes(_axes_rect(self.SIZE_PX, 70, 60, 360, 360))
+        cax = self.figure.add_axes(_axes_rect(self.SIZE_PX, 445, 60, 14, 360))
         cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.75")  # NaN (diverged): grey
         self.image = ax.imshow(
             np.full((_GRID, _GRID), 0.5),
@@ -111,16 +181,26 @@ class _DecisionBoundary:
             extent=(_LOW, _HIGH, _LOW, _HIGH),
             interpolation="nearest",
         )
-        self.contour = LineCollection([], colors="k", linewidths=1.0)
+        self.contour = LineCollection([], colors="k", linewidths=1.2)
         ax.add_collection(self.contour, autolim=False)
-        colors = ["tab:blue" if t == 0 else "tab:red" for t in Y[0]]
-        self.points = ax.scatter(X[0], X[1], c=colors, edgecolors="k", s=70, zorder=3)
+        self.points = [
+            ax.scatter(X[0][Y[0] == t], X[1][Y[0] == t], c=color, edgecolors="k", s=90, zorder=3)
+            for t, color in ((0, "tab:blue"), (1, "tab:red"))
+        ]
         ax.set_xlim(_LOW, _HIGH)
         ax.set_ylim(_LOW, _HIGH)
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
-        self.title = ax.set_title("", fontsize=9, y=1.0)  # fixed: no automatic placement
-        self.figure.colorbar(self.image, cax=cax, label="output")
+        self.title = ax.set_title("", fontsize=11, y=1.0, loc="left")  # fixed: no automatic placement
+        self.figure.colorbar(self.image, cax=cax, label="network output")
+        self.figure.legend(
+            [*self.points, Line2D([], [], color="k", linewidth=1.2)],
+            ["target 0", "target 1", "output 0.5"],
+            loc="upper left",
+            bbox_to_anchor=(515 / self.SIZE_PX[0], 420 / self.SIZE_PX[1]),
+            fontsize=9,
+            frameon=False,
+        )
         self.ax = ax
         centres = _LOW + (np.arange(_GRID) + 0.5) * (_HIGH - _LOW) / _GRID  # (G,)
         self.centres = centres
@@ -129,11 +209,7 @@ class _DecisionBoundary:
 
     def surface(self, params: np.ndarray) -> np.ndarray:
         """Network output at the cell centres, (G, G), row i at x2 = centres[i]; NaN where not finite."""
-        with np.errstate(all="ignore"):
-            out, _ = nn.forward(np.asarray(params, dtype=float)[:, None], self.inputs)  # (G*G, 1)
-        surface = out[:, 0].reshape(_GRID, _GRID)
-        surface[~np.isfinite(surface)] = np.nan
-        return surface
+        return surface_values(params, self.inputs).reshape(_GRID, _GRID)
 
     def update(self, params: np.ndarray, title: str, colour_here: bool = False) -> None:
         """Show one run. ``colour_here``: hand the image RGBA bytes, coloured by the image's own norm
@@ -150,7 +226,7 @@ class _DecisionBoundary:
         self.title.set_text(title)
 
     def data_artists(self) -> list[Any]:
-        return [self.image, self.contour, self.points, *self.ax.spines.values(), self.title]
+        return [self.image, self.contour, *self.points, *self.ax.spines.values(), self.title]
 
 
 def _blit_png(figure: Figure, background: Any, artists: Sequence[Any]) -> bytes:
@@ -162,13 +238,33 @@ def _blit_png(figure: Figure, background: Any, artists: Sequence[Any]) -> bytes:
     return _png(canvas)
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def _png(canvas: FigureCanvasAgg) -> bytes:
-    """The canvas as an RGB PNG (the figures are opaque), fast zlib level, no text chunks."""
+    """The canvas as an 8-bit RGBA PNG, no text chunks.
+
+    Encoded here rather than by PIL, whose adaptive per-row filter choice and RGB conversion took
+    ~3/4 of the time: every row uses PNG's "up" filter (difference to the row above), which turns
+    the figures' flat areas, repeated rows and the opaque alpha channel into zeros that zlib
+    level 1 compresses quickly and well; RGBA spares a strided copy to RGB.
+    """
     width, height = canvas.get_width_height()
-    rgba = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
-    buffer = io.BytesIO()
-    rgba.convert("RGB").save(buffer, format="png", compress_level=_PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+    pixels = np.asarray(canvas.buffer_rgba()).reshape(height, 4 * width)  # (H, 4W)
+    rows = np.empty((height, 1 + 4 * width), dtype=np.uint8)
+    rows[:, 0] = 2  # filter type "up"
+    rows[0, 1:] = pixels[0]  # the row above the first counts as zeros
+    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # modulo 256, as PNG defines it
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows, _PNG_LEVEL)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
 
 
 def _background(figure: Figure, artists: Sequence[Any]) -> Any:
@@ -198,12 +294,18 @@ class RunPlotter:
         self._boundary_background: Any = None
 
     def learning_curve_png(
-        self, steps: np.ndarray, loss_trace: np.ndarray, title: str = "", iterations: int | None = None
+        self,
+        steps: np.ndarray,
+        loss_trace: np.ndarray,
+        title: str = "",
+        iterations: int | None = None,
+        outcome: str | None = None,
     ) -> bytes:
-        """PNG of ``learning_curve``: x runs to ``iterations`` (the last step when None)."""
+        """PNG of ``learning_curve``: x runs to ``iterations`` (the last step when None), the line
+        in the colour of ``outcome``."""
         with self._lock:
             curve = self._curve
-            key = curve.update(steps, loss_trace, title, iterations)
+            key = curve.update(steps, loss_trace, title, iterations, outcome)
             artists = curve.data_artists()
             background = self._curve_backgrounds.get(key)
             if background is None:
@@ -234,11 +336,15 @@ def run_plotter() -> RunPlotter:
 
 
 def learning_curve(
-    steps: np.ndarray, loss_trace: np.ndarray, title: str = "", iterations: int | None = None
+    steps: np.ndarray,
+    loss_trace: np.ndarray,
+    title: str = "",
+    iterations: int | None = None,
+    outcome: str | None = None,
 ) -> Figure:
     """Loss vs iteration, log y, as a new Figure (the layout ``RunPlotter`` renders)."""
     curve = _LearningCurve()
-    curve.update(steps, loss_trace, title, iterations)
+    curve.update(steps, loss_trace, title, iterations, outcome)
     return curve.figure
 
 
@@ -249,27 +355,26 @@ def decision_boundary(params: np.ndarray, title: str = "") -> Figure:
     return boundary.figure
 
 
-# ---- figures of a sweep: summaries across seeds (see xorexp.summary) ----
+# ---- figures of a sweep: what varied, every run by outcome, how sure (see xorexp.summary) ----
 
-_SWEEP_SIZE = (5.0, 3.5)
-_MAX_ANNOTATED = 12  # annotate heatmap cells up to this many rows and columns
-_MAX_TICKS = 15  # label at most about this many ticks per heatmap axis
-_HIGHLIGHT = ["tab:red", "tab:orange", "tab:pink", "tab:brown", "tab:gray", "tab:cyan", "tab:olive"]
-_BANDS = {"iqr": ((25.0, 75.0), "25–75 %"), "range": ((0.0, 100.0), "min–max")}
+MAX_RUNS_DRAWN = 50  # a group with more seeds shows solved and stuck as separate summaries
+MIN_MEDIAN = 3  # a median is drawn over at least this many runs (of one or two it is the runs)
+MAX_PANELS = 12  # loss curves: one panel per group up to this many groups
+MAX_SLOTS = 20  # x values shown as evenly spaced categories up to this many; beyond, a numeric axis
+MAX_SERIES = 8  # series told apart by colour; beyond, series medians only
+_SERIES_COLORS = ["#000000", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#E69F00", "#CC79A7", "#999999"]
+_MARGINS = {"left": 0.09, "right": 0.97, "bottom": 0.14, "top": 0.88}
 
 
-def _sweep_figure() -> tuple[Figure, Any]:
-    # fixed margins: constrained layout measured every tick label again and took ~3/4 of the time
-    fig = Figure(figsize=_SWEEP_SIZE, dpi=80)
-    fig.subplots_adjust(left=0.17, right=0.97, bottom=0.14, top=0.9)
+def _sweep_figure(**margins: float) -> tuple[Figure, Any]:
+    # fixed margins: constrained layout measures every tick label again, ~3/4 of the time
+    fig = _new_figure(SWEEP_PX)
+    fig.subplots_adjust(**{**_MARGINS, **margins})
     return fig, fig.add_subplot()
 
 
-def _plain_log(axis: Any) -> None:
-    """Log scale with plain tick labels (0.001, 0.1, 10): matplotlib's default 10^k labels go
-    through mathtext, a large part of a summary figure's rendering time. Call after set_*scale."""
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(NullFormatter())
+def _title(fig: Figure, text: str) -> None:
+    fig.suptitle(text, x=0.01, y=0.985, ha="left", va="top", fontsize=12)
 
 
 def _no_data(ax: Any, message: str) -> None:
@@ -278,179 +383,388 @@ def _no_data(ax: Any, message: str) -> None:
     ax.set_yticks([])
 
 
-def _thin_ticks(n: int) -> list[int]:
-    step = max(1, -(-n // _MAX_TICKS))
-    return list(range(0, n, step))
-
-
-def success_heatmap(groups: Sequence[GroupSummary], title: str = "") -> Figure:
-    """Success rate over hidden_units (rows, ascending upwards) x lr (columns, ascending).
-
-    A cell pools every group with that hidden_units and lr (seeds and any other swept value), i.e.
-    solved / seeds over those groups; cells without results are grey (NaN in the image array).
-    """
-    cells: dict[tuple[int, float], list[int]] = {}  # (hidden_units, lr) -> [solved, seeds]
-    for g in groups:
-        if g.hidden_units is None or g.lr is None:
+def _outcome_handles(counts: dict[str, int] | None = None, median: bool = False) -> tuple[list, list]:
+    handles, labels = [], []
+    for outcome, color in OUTCOME_COLORS.items():
+        n = None if counts is None else counts.get(outcome, 0)
+        if n == 0 and outcome != "solved":
             continue
-        cell = cells.setdefault((g.hidden_units, g.lr), [0, 0])
-        cell[0] += g.n_solved
-        cell[1] += g.n_seeds
-    fig, ax = _sweep_figure()
-    ax.set_title(title or "success rate (pooled over seeds and other swept values)", fontsize=9)
+        handles.append(Line2D([], [], color=color, marker="o", linewidth=2, markersize=6))
+        labels.append(outcome if n is None else f"{outcome} ({n})")
+    if median:
+        handles.append(Line2D([], [], color="k", linewidth=2.2))
+        labels.append("median of all")
+    return handles, labels
+
+
+def _loss_axis(axis: Any, values: np.ndarray) -> None:
+    """Final losses: a log axis snapped to whole decades (at least two labelled ticks) when they
+    span a factor of 10 or more, else a linear axis (a log axis over a narrow range has no labels)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if not len(values):
+        return
+    low, high = float(values.min()), float(values.max())
+    if high / low >= 10:
+        axis._set_axes_scale("log")
+        _plain_log(axis)
+        setter = axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim
+        setter(10.0 ** math.floor(math.log10(low)), 10.0 ** math.ceil(math.log10(high)))
+    else:  # from 0: a 1 % difference between three stuck runs must look like one
+        setter = axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim
+        setter(0.0, high * 1.15)
+
+
+def _log_decades(ax: Any, low: float, high: float) -> None:
+    """y limits snapped to whole decades (at least one), labelled at 1-2-5 within few decades."""
+    lo, hi = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    hi = max(hi, lo + 1)
+    ax.set_ylim(10.0**lo, 10.0**hi)
+    if hi - lo <= 2:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    _plain_log(ax.yaxis)
+
+
+def _slots(gruns: Sequence[summary.GroupRuns], x_key: str | None) -> tuple[dict[str, float], list[str], bool]:
+    """Position of each x value (the shown string), the tick labels, and whether positions are
+    categories (evenly spaced, in value order) or the values themselves (numeric axis)."""
+    shown: dict[str, float | None] = {}
+    for g in gruns:
+        text = summary.show_param(x_key, g.group) if x_key else "all runs"
+        shown[text] = g.group.value(x_key) if x_key else None
+    ordered = sorted(shown, key=lambda t: (shown[t] is None, shown[t] if shown[t] is not None else 0.0, t))
+    numeric = len(ordered) > MAX_SLOTS and all(shown[t] is not None for t in ordered)
+    if numeric:
+        return {t: float(shown[t]) for t in ordered}, ordered, False  # type: ignore[arg-type]
+    return {t: float(i) for i, t in enumerate(ordered)}, ordered, True
+
+
+def _series(gruns: Sequence[summary.GroupRuns], key: str | None) -> list[str]:
+    if key is None:
+        return [""]
+    values = {summary.show_param(key, g.group): g.group.value(key) for g in gruns}
+    return sorted(values, key=lambda t: (values[t] is None, values[t] if values[t] is not None else 0.0, t))
+
+
+def _x_ticks(
+    ax: Any, positions: dict[str, float], labels: list[str], x_key: str | None, counts: dict[str, int],
+    categorical: bool,
+) -> None:
+    if categorical:
+        step = max(1, -(-len(labels) // 12))
+        shown = labels[::step]
+        with_n = [f"{t}\nn={counts[t]}" if t in counts else t for t in shown]
+        ax.set_xticks([positions[t] for t in shown], labels=with_n)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+    elif x_key == "lr":
+        ax.set_xscale("log")
+        _plain_log(ax.xaxis)
+    ax.set_xlabel(x_key or "")
+
+
+def success_rate(
+    gruns: Sequence[summary.GroupRuns], x_key: str | None, series_key: str | None = None
+) -> Figure:
+    """Success rate per value of ``x_key`` (one colour per ``series_key`` value), with its 95 %
+    Wilson interval and ``solved/n`` written at each point. Groups sharing x and series pool."""
+    fig, ax = _sweep_figure(bottom=0.16)
+    series = _series(gruns, series_key)
+    positions, labels, categorical = _slots(gruns, x_key)
+    pooled: dict[tuple[str, str], list[int]] = {}
+    for g in gruns:
+        x = summary.show_param(x_key, g.group) if x_key else "all runs"
+        s = summary.show_param(series_key, g.group) if series_key else ""
+        cell = pooled.setdefault((x, s), [0, 0])
+        cell[0] += g.group.n_solved
+        cell[1] += g.group.n_seeds
+    width = 0.7 if categorical else 0.0
+    n_by_x: dict[str, int] = {}
+    for k, s in enumerate(series):
+        offset = (k - (len(series) - 1) / 2) * width / max(len(series), 1) if categorical else 0.0
+        xs, rates, lows, highs = [], [], [], []
+        for (x, s2), (solved, n) in sorted(pooled.items(), key=lambda item: positions[item[0][0]]):
+            if s2 != s or n == 0:
+                continue
+            n_by_x[x] = n_by_x.get(x, 0) + n
+            low, high = summary.wilson_interval(solved, n)  # type: ignore[misc]
+            xs.append(positions[x] + offset)
+            rates.append(solved / n)
+            lows.append(solved / n - low)
+            highs.append(high - solved / n)
+            if len(gruns) <= 30:
+                ax.annotate(f"{solved}/{n}", (xs[-1], high), textcoords="offset points", xytext=(0, 4),
+                            ha="center", va="bottom", fontsize=9)
+        color = _SERIES_COLORS[k % len(_SERIES_COLORS)] if series_key else OUTCOME_COLORS["solved"]
+        label = f"{summary.SHORT_NAMES.get(series_key, series_key)}={s}" if series_key else None
+        ax.errorbar(xs, rates, yerr=[lows, highs], fmt="o", color=color, markersize=6, capsize=4,
+                    linewidth=1.5, label=label)
+    ax.set_ylim(-0.03, 1.1)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "25 %", "50 %", "75 %", "100 %"])
+    ax.set_ylabel("runs solved")
+    ax.grid(True, axis="y", alpha=0.3)
+    _x_ticks(ax, positions, labels, x_key, {} if series_key else n_by_x, categorical)
+    if series_key:
+        ax.legend(fontsize=9, ncol=min(len(series), 4), loc="lower right")
+    what = f"vs {x_key}" if x_key else "of all runs"
+    _title(fig, f"success rate {what}: solved/n with 95 % Wilson interval")
+    return fig
+
+
+def success_heatmap(groups: Sequence[summary.GroupSummary], title: str = "") -> Figure:
+    """Success rate over hidden_units (rows, ascending upwards) x lr (columns, ascending), each
+    cell ``solved/n`` and its 95 % Wilson interval. A cell pools every group with that hidden_units
+    and lr (other swept values); cells without results are grey."""
+    cells = summary.success_cells(groups)
+    fig, ax = _sweep_figure(left=0.1, right=0.95)
+    _title(fig, title or "success rate: solved/n and 95 % Wilson interval, by hidden_units and lr")
     if not cells:
         _no_data(ax, "no runs with hidden_units and lr")
         return fig
     rows = sorted({h for h, _ in cells})
     cols = sorted({lr for _, lr in cells})
     rate = np.full((len(rows), len(cols)), np.nan)  # (hidden_units, lr)
-    for (h, lr), (solved, seeds) in cells.items():
-        if seeds:
-            rate[rows.index(h), cols.index(lr)] = solved / seeds
+    for (h, lr), (solved, n) in cells.items():
+        if n:
+            rate[rows.index(h), cols.index(lr)] = solved / n
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
-    image = ax.imshow(
-        np.ma.masked_invalid(rate),
-        cmap=cmap,
-        vmin=0.0,
-        vmax=1.0,
-        origin="lower",
-        aspect="auto",
-        interpolation="nearest",
-    )
-    if len(rows) <= _MAX_ANNOTATED and len(cols) <= _MAX_ANNOTATED:
-        for (i, j), value in np.ndenumerate(rate):
-            if np.isfinite(value):
-                color = "white" if value < 0.6 else "black"
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
-    xticks, yticks = _thin_ticks(len(cols)), _thin_ticks(len(rows))
-    ax.set_xticks(xticks, labels=[f"{cols[j]:g}" for j in xticks], rotation=45 if len(xticks) > 6 else 0)
-    ax.set_yticks(yticks, labels=[str(rows[i]) for i in yticks])
+    image = ax.imshow(np.ma.masked_invalid(rate), cmap=cmap, vmin=0.0, vmax=1.0, origin="lower",
+                      aspect="auto", interpolation="nearest")
+    big = max(len(rows), len(cols))
+    if big <= 16:
+        size = 11 if big <= 5 else 9 if big <= 8 else 7
+        for (h, lr), (solved, n) in cells.items():
+            if not n:
+                continue
+            low, high = summary.wilson_interval(solved, n)  # type: ignore[misc]
+            text = f"{solved}/{n}" if big > 10 else f"{solved}/{n}\n[{low:.2f}, {high:.2f}]"
+            color = "white" if solved / n < 0.6 else "black"
+            ax.text(cols.index(lr), rows.index(h), text, ha="center", va="center", fontsize=size, color=color)
+    step_x, step_y = max(1, -(-len(cols) // 15)), max(1, -(-len(rows) // 15))
+    xt, yt = list(range(0, len(cols), step_x)), list(range(0, len(rows), step_y))
+    ax.set_xticks(xt, labels=[f"{cols[j]:g}" for j in xt])
+    ax.set_yticks(yt, labels=[str(rows[i]) for i in yt])
     ax.set_xlabel("lr")
     ax.set_ylabel("hidden_units")
-    fig.colorbar(image, ax=ax, label="success rate")
+    fig.colorbar(image, ax=ax, label="success rate", fraction=0.04, pad=0.02)
     return fig
 
 
-def final_loss_vs_lr(records: Iterable[RunRecord], band: str = "iqr", title: str = "") -> Figure:
-    """Final loss against lr (log-log), one line per hidden_units: median across seeds and a band.
-
-    ``band`` is "iqr" (25–75 %) or "range" (min–max) across seeds. Runs pool over any other swept
-    value (iterations, stop_loss, ...). Diverged runs are left out of line and band and counted
-    in the title; failed runs and runs without a finite positive final loss are left out.
-    """
-    quantiles, band_name = _BANDS[band]
-    losses: dict[int, dict[float, list[float]]] = {}  # hidden_units -> lr -> final losses
-    n_diverged = 0
-    for r in one_per_seed(records):
-        if not r.has_result:
-            continue
-        if r.outcome == "diverged":
-            n_diverged += 1
-            continue
-        h = parse_param("hidden_units", r.params.get("hidden_units"))
-        lr = parse_param("lr", r.params.get("lr"))
-        if h is None or lr is None or r.final_loss is None or r.final_loss <= 0:
-            continue
-        losses.setdefault(int(h), {}).setdefault(float(lr), []).append(r.final_loss)
-    fig, ax = _sweep_figure()
-    ax.set_title(
-        title or f"final loss: median, band {band_name} across seeds; {n_diverged} diverged excluded",
-        fontsize=9,
-    )
-    if not losses:
-        _no_data(ax, "no finite final loss")
-        return fig
-    units = sorted(losses)
-    many = len(units) > 10
-    norm = Normalize(min(units), max(units) if max(units) > min(units) else min(units) + 1)
-    cmap = matplotlib.colormaps["viridis"]
-    for k, h in enumerate(units):
-        lrs = sorted(losses[h])
-        stats = np.array([[np.median(losses[h][lr]), *np.percentile(losses[h][lr], quantiles)] for lr in lrs])
-        color = cmap(norm(h)) if many else f"C{k}"
-        ax.plot(lrs, stats[:, 0], marker="o", markersize=3, linewidth=1.2, color=color, label=f"h={h}")
-        ax.fill_between(lrs, stats[:, 1], stats[:, 2], color=color, alpha=0.2, linewidth=0)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _plain_log(ax.xaxis)
-    _plain_log(ax.yaxis)
-    ax.set_xlabel("lr")
-    ax.set_ylabel("final loss")
-    ax.grid(True, which="both", alpha=0.3)
-    if many:
-        fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label="hidden_units")
-    else:
-        ax.legend(fontsize=7, title=f"median, {band_name}", title_fontsize=7)
-    return fig
+def _jitter(n: int, width: float) -> np.ndarray:
+    """Evenly spread offsets in [-width/2, width/2], in a shuffled but fixed order."""
+    if n <= 1:
+        return np.zeros(n)
+    spread = np.linspace(-width / 2, width / 2, n)
+    return spread[np.argsort((np.arange(n) * 0.6180339887) % 1.0)]
 
 
-def loss_curves(
-    groups: Sequence[GroupSummary],
-    curves: Sequence[Sequence[tuple[Any, Any]]],
-    color_by: str = "lr",
-    max_legend: int = 10,
-    n_labelled: int = 5,
-    title: str = "",
+def final_loss(
+    gruns: Sequence[summary.GroupRuns], x_key: str | None, series_key: str | None = None
 ) -> Figure:
-    """Loss traces per group: median across seeds with a 25–75 % band, log y.
+    """Final loss per value of ``x_key``: every run a dot coloured by outcome and the median as a
+    black bar (groups of up to MAX_RUNS_DRAWN seeds); larger groups show the solved and the stuck
+    runs as two medians with 25-75 % bars and their counts. With a series key (e.g. hidden_units in
+    an lr x hidden_units sweep) series sit side by side in each slot, their medians joined by a
+    line of the series' colour. Diverged and failed runs have no final loss: counted in the legend."""
+    fig, ax = _sweep_figure(right=0.82, bottom=0.16)
+    series = _series(gruns, series_key)
+    positions, labels, categorical = _slots(gruns, x_key)
+    counts = {o: 0 for o in OUTCOME_COLORS}
+    all_losses = [g.finite_losses() for g in gruns]
+    losses = np.concatenate(all_losses) if all_losses else np.empty(0)
+    n_by_x: dict[str, int] = {}
+    many_series = len(series) > MAX_SERIES
+    slot_width = 0.8 if categorical else 0.0
+    for g in gruns:
+        for outcome, n in g.counts().items():
+            counts[outcome] += n
+    for k, s in enumerate(series):
+        in_series = [g for g in gruns if not series_key or summary.show_param(series_key, g.group) == s]
+        width = slot_width / len(series)
+        offset = (k - (len(series) - 1) / 2) * width
+        medians = []
+        def slot(g: summary.GroupRuns) -> str:
+            return summary.show_param(x_key, g.group) if x_key else "all runs"
 
-    ``curves[i]`` holds the (steps, values) traces of ``groups[i]``'s seeds (e.g. of its
-    ``run_ids``); groups best first, as ``summary.summarize`` returns them. Traces may differ in
-    length; each step's statistics use the runs still present there. Up to ``max_legend`` groups
-    get a colour and a legend entry each. With more, every group's median is drawn thin, coloured
-    by ``color_by`` ("lr", "hidden_units" or "rank"; rank when the value does not vary) with a
-    colorbar, and only the first ``n_labelled`` groups get a band and a legend entry.
-    """
-    if len(groups) != len(curves):
-        raise ValueError(f"{len(curves)} lists of traces for {len(groups)} groups")
-    if color_by not in ("lr", "hidden_units", "rank"):
-        raise ValueError(f"color_by={color_by!r}: must be 'lr', 'hidden_units' or 'rank'")
-    labels = group_labels(groups)
-    bands = [(label, trace_band(traces)) for label, traces in zip(labels, curves, strict=True)]
-    fig, ax = _sweep_figure()
-    drawn = [(i, label, b) for i, (label, b) in enumerate(bands) if len(b[0])]
-    ax.set_yscale("log")
-    _plain_log(ax.yaxis)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (binary cross-entropy)")
-    ax.grid(True, which="both", alpha=0.3)
-    if not drawn:
-        ax.set_title(title or "loss across seeds", fontsize=9)
-        _no_data(ax, "no loss trace")
-        return fig
-    few = len(bands) <= max_legend
-    ax.set_title(
-        title or f"loss: median and 25–75 % across seeds still running ({len(bands)} groups)",
-        fontsize=9,
-    )
-    if few:
-        for k, (_, label, (steps, median, low, high, count)) in enumerate(drawn):
-            color = f"C{k % 10}"
-            ax.plot(steps, median, color=color, linewidth=1.2, label=f"{label} (n={count.max()})")
-            ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
-        ax.legend(fontsize=7)
-        return fig
-    shown = np.array([groups[i].value(color_by) for i, _, _ in drawn], dtype=float)  # None -> nan
-    finite = shown[np.isfinite(shown)]
-    if color_by == "rank" or len(np.unique(finite)) < 2 or len(finite) < len(shown):
-        color_by, shown = "rank", np.array([i + 1 for i, _, _ in drawn], dtype=float)
-    lo, hi = shown.min(), shown.max()
-    hi = hi if hi > lo else lo + 1
-    norm = LogNorm(lo, hi) if color_by == "lr" and hi / lo >= 10 else Normalize(lo, hi)
-    background = LineCollection(
-        [np.column_stack([b[0], b[1]]) for _, _, b in drawn],
-        array=shown,
-        cmap="viridis",
-        norm=norm,
-        linewidths=0.6,
-        alpha=0.5,
-    )
-    ax.add_collection(background)
-    ax.autoscale_view()
-    fig.colorbar(background, ax=ax, label="rank (1 = best)" if color_by == "rank" else color_by)
-    for k, (_, label, (steps, median, low, high, count)) in enumerate(drawn[:n_labelled]):
-        color = _HIGHLIGHT[k % len(_HIGHLIGHT)]
-        ax.plot(steps, median, color=color, linewidth=1.8, label=f"{label} (n={count.max()})")
-        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
-    ax.legend(fontsize=7, title=f"first {min(n_labelled, len(drawn))} of {len(bands)}", title_fontsize=7)
+        for g in sorted(in_series, key=lambda g: positions[slot(g)]):
+            x_text = slot(g)
+            n_by_x[x_text] = n_by_x.get(x_text, 0) + g.n
+            x = positions[x_text] + offset
+            quart = summary.loss_quartiles(g.final_losses)
+            if quart is not None:
+                medians.append((x, quart[0]))
+            if many_series:
+                continue
+            if g.n <= MAX_RUNS_DRAWN or not categorical:
+                finite = np.isfinite(g.final_losses)
+                colors = [OUTCOME_COLORS[o] for o, f in zip(g.outcomes, finite, strict=True) if f]
+                xs = x + _jitter(int(finite.sum()), width * 0.7) if categorical else np.full(finite.sum(), x)
+                ax.scatter(xs, g.final_losses[finite], c=colors, s=40 if g.n < MIN_MEDIAN else 18,
+                           alpha=0.85, linewidths=0, zorder=4)
+                if quart is not None and categorical and g.n >= MIN_MEDIAN:
+                    half = width * 0.42
+                    ax.hlines(quart[0], x - half, x + half, color="k", linewidth=2.2, zorder=3)
+            else:
+                for side, outcome in ((-0.2, "solved"), (0.2, "stuck")):
+                    q = summary.loss_quartiles(g.losses_of(outcome))
+                    if q is None:
+                        continue
+                    xo = x + side * width
+                    ax.errorbar([xo], [q[0]], yerr=[[q[0] - q[1]], [q[2] - q[0]]], fmt="s", markersize=6,
+                                color=OUTCOME_COLORS[outcome], capsize=3, zorder=3)
+                    ax.annotate(f"{len(g.losses_of(outcome))}", (xo, q[2]), textcoords="offset points",
+                                xytext=(0, 3), ha="center", fontsize=8, color=OUTCOME_COLORS[outcome])
+        if series_key and medians:
+            xs, ys = zip(*medians, strict=True)
+            color = (matplotlib.colormaps["viridis"](k / max(len(series) - 1, 1)) if many_series
+                     else _SERIES_COLORS[k % len(_SERIES_COLORS)])
+            ax.plot(xs, ys, color=color, linewidth=1.2, marker="_", markersize=12, zorder=4,
+                    label=f"{summary.SHORT_NAMES.get(series_key, series_key)}={s}")
+    ax.set_ylabel("final loss")
+    ax.grid(True, axis="y", which="major", alpha=0.3)
+    if not len(losses):
+        _no_data(ax, "no finite final loss")
+    else:
+        _loss_axis(ax.yaxis, losses)
+    _x_ticks(ax, positions, labels, x_key, {} if series_key else n_by_x, categorical)
+    handles, texts = _outcome_handles(counts)
+    legend = ax.legend(handles, texts, title="runs", fontsize=9, title_fontsize=9, loc="upper left",
+                       bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if series_key:
+        ax.add_artist(legend)
+        ax.legend(fontsize=9, title="median of", title_fontsize=9, loc="lower left",
+                  bbox_to_anchor=(1.01, 0.0), frameon=False)
+    elif any(g.n > MAX_RUNS_DRAWN for g in gruns) and categorical:
+        ax.text(1.02, 0.02, f"groups over {MAX_RUNS_DRAWN} runs:\nmedian and 25-75 %\nof solved (left)\n"
+                "and stuck (right),\ncount above", transform=ax.transAxes, fontsize=8, va="bottom")
+    elif any(g.n >= MIN_MEDIAN for g in gruns):
+        ax.add_artist(legend)
+        ax.legend([Line2D([], [], color="k", linewidth=2.2)], ["median"], fontsize=9, loc="lower left",
+                  bbox_to_anchor=(1.01, 0.0), frameon=False)
+    what = f"vs {x_key}" if x_key else "of all runs"
+    per = f", one line per {series_key}" if series_key else ""
+    _title(fig, f"final loss {what}: every run, coloured by outcome{per}")
     return fig
+
+
+def loss_curves(gruns: Sequence[summary.GroupRuns]) -> Figure:
+    """Loss traces. Up to MAX_PANELS groups: one panel per group (shared axes), every run a thin
+    line coloured by outcome with the median of all on top, or, beyond MAX_RUNS_DRAWN seeds, the
+    median and 25-75 % band of the solved and of the stuck runs apart. More groups: one panel with
+    every run, coloured by outcome, and the median of each outcome."""
+    drawn = sorted((g for g in gruns if g.traces), key=lambda g: summary.params_order(g.group))  # by value
+    counts = {o: 0 for o in OUTCOME_COLORS}
+    for g in gruns:
+        for outcome, n in g.counts().items():
+            counts[outcome] += n
+    if not drawn or len(drawn) > MAX_PANELS:
+        fig, ax = _sweep_figure(right=0.8)
+        panels = [(ax, None)]
+    else:
+        fig = _new_figure(SWEEP_PX)
+        ncols = min(len(drawn), 4)
+        nrows = -(-len(drawn) // ncols)
+        axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+        fig.subplots_adjust(left=0.08, right=0.8, bottom=0.1, top=0.86 if nrows > 1 else 0.84,
+                            wspace=0.08, hspace=0.32)
+        flat = list(axes.ravel())
+        for extra in flat[len(drawn):]:
+            extra.set_visible(False)
+        panels = list(zip(flat, drawn, strict=False))
+    positive = []
+    for ax, g in panels:
+        ax.set_yscale("log")
+        _plain_log(ax.yaxis)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        ax.grid(True, which="major", alpha=0.3)
+        if g is None:
+            if not drawn:
+                _no_data(ax, "no loss trace")
+                continue
+            for outcome in ("stuck", "diverged", "solved"):
+                lines = [np.column_stack(t) for r in drawn for t in r.traces_of(outcome)]
+                if lines:
+                    ax.add_collection(LineCollection(lines, colors=OUTCOME_COLORS[outcome], linewidths=0.5,
+                                                     alpha=0.25))
+                band = summary.trace_band([t for r in drawn for t in r.traces_of(outcome)])
+                if len(band[0]):
+                    ax.plot(band[0], band[1], color=OUTCOME_COLORS[outcome], linewidth=2.5, zorder=3)
+            positive += [t[1] for r in drawn for t in r.traces]
+            ax.set_title(f"{len(drawn)} groups, {sum(r.n for r in drawn)} runs", fontsize=10, loc="left")
+            continue
+        if g.n <= MAX_RUNS_DRAWN:
+            for outcome in ("stuck", "diverged", "solved"):
+                lines = [np.column_stack(t) for t in g.traces_of(outcome)]
+                if lines:
+                    few = g.n < MIN_MEDIAN
+                    width = 1.8 if few else 0.8
+                    ax.add_collection(LineCollection(lines, colors=OUTCOME_COLORS[outcome], linewidths=width,
+                                                     alpha=1.0 if few else 0.6))
+            if g.n >= MIN_MEDIAN:
+                steps, median = g.band()[:2]
+                ax.plot(steps, median, color="k", linewidth=2.0, zorder=3)
+        else:
+            for outcome in ("stuck", "solved", "diverged"):
+                steps, median, low, high, _ = g.band(outcome)
+                if len(steps):
+                    color = OUTCOME_COLORS[outcome]
+                    ax.fill_between(steps, low, high, color=color, alpha=0.25, linewidth=0)
+                    ax.plot(steps, median, color=color, linewidth=2.0)
+        positive += [t[1] for t in g.traces]
+        ax.set_title(f"{g.label} (n={g.n})\n{g.count_text()}", fontsize=9, loc="left")
+    values = np.concatenate(positive) if positive else np.empty(0)
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values):
+        top = panels[0][0]
+        top.autoscale_view()
+        _log_decades(top, float(values.min()), float(values.max()))
+        ends = [t[0][-1] for g in drawn for t in g.traces if len(t[0])]
+        ends += [g.group.iterations for g in drawn if g.group.iterations is not None]
+        if ends:
+            top.set_xlim(0, max(ends))
+    for ax, _ in panels:
+        if ax.get_subplotspec().is_last_row() or len(panels) == 1:
+            ax.set_xlabel("iteration")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("loss")
+    many = any(g.n > MAX_RUNS_DRAWN for _, g in panels if g is not None) or panels[0][1] is None
+    handles, texts = _outcome_handles(counts, median=not many and any(g.n >= MIN_MEDIAN for g in drawn))
+    fig.legend(handles, texts, title="runs", loc="upper left", bbox_to_anchor=(0.81, 0.86), fontsize=9,
+               title_fontsize=9, frameon=False)
+    if many:
+        fig.text(0.81, 0.1, "thick: median of each\noutcome; band: 25-75 %", fontsize=8)
+    _title(fig, "loss per group: every run coloured by outcome" if not many else
+           "loss: median (and 25-75 % band) of each outcome")
+    return fig
+
+
+def sweep_figures(
+    groups: Sequence[summary.GroupSummary],
+    records: Sequence[summary.RunRecord],
+    curves: Sequence[Sequence[tuple[Any, Any]]] | None = None,
+) -> dict[str, Figure]:
+    """The sweep's figures by artifact path, chosen by what the sweep varied (``summary.figure_axes``).
+
+    - hidden_units and lr both varied: ``plots/success_rate_heatmap.png`` and
+      ``plots/final_loss_vs_lr.png`` (one median line per hidden_units);
+    - one value varied (or more, not both of those): ``plots/success_rate_vs_<key>.png`` and
+      ``plots/final_loss_vs_<key>.png``;
+    - only seeds: ``plots/success_rate.png`` and ``plots/final_loss.png`` of the one group;
+    - always, when ``curves`` are given: ``plots/loss_curves.png``.
+
+    ``curves[i]``: the (steps, values) traces of ``groups[i].run_ids``.
+    """
+    if not groups:
+        return {}
+    gruns = summary.figure_groups(groups, records, curves)
+    x_key, series_key = summary.figure_axes(groups)
+    suffix = f"_vs_{x_key}" if x_key else ""
+    figures: dict[str, Figure] = {}
+    if x_key == "lr" and series_key == "hidden_units":
+        figures["plots/success_rate_heatmap.png"] = success_heatmap(groups)
+    else:
+        figures[f"plots/success_rate{suffix}.png"] = success_rate(gruns, x_key, series_key)
+    figures[f"plots/final_loss{suffix}.png"] = final_loss(gruns, x_key, series_key)
+    if curves is not None:
+        figures["plots/loss_curves.png"] = loss_curves(gruns)
+    return figures

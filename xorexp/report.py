@@ -102,11 +102,7 @@ def finish_sweep(
             tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{tracking.MODEL_NAME}"
     figures = {}
     if records:
-        figures = {
-            "plots/success_rate_heatmap.png": plots.success_heatmap(groups),
-            "plots/final_loss_vs_lr.png": plots.final_loss_vs_lr(records),
-            "plots/loss_curves.png": plots.loss_curves(groups, loss_curves(store, groups, traces)),
-        }
+        figures = plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
     tracking.log_to_run(
         store,
         parent_run_id,

@@ -125,10 +125,13 @@ class GroupSummary:
     params: dict[str, str]  # canonical strings of GROUP_KEYS ("" when the runs did not log it)
     n_seeds: int  # seeds with a result
     n_solved: int
+    n_stuck: int
     n_diverged: int
     n_failed: int  # seeds (or parameterless runs) without any result
     n_reused: int  # results that were reused from an earlier run
     success_rate: float | None  # n_solved / n_seeds; None without results
+    success_low: float | None  # 95 % Wilson score interval of the success rate; None without results
+    success_high: float | None
     final_loss_median: float | None
     final_loss_mean: float | None
     final_loss_std: float | None  # sample std (ddof=1); None with fewer than 2 losses
@@ -161,6 +164,29 @@ class GroupSummary:
         return self.value("stop_loss")
 
 
+Z_95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """Wilson score interval of a success rate ``successes / n``; None when n is 0.
+
+    Unlike p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and does not shrink to a point at 0/n or n/n:
+    0/20 gives [0, 0.161], 20/20 gives [0.839, 1], 13/20 gives [0.433, 0.819].
+    """
+    if n <= 0:
+        return None
+    if not 0 <= successes <= n:
+        raise ValueError(f"{successes} successes out of {n}")
+    p = successes / n
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
+    # at 0/n and n/n one end is exactly 0 or 1; clamp the other's rounding
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
 def _preference(record: RunRecord) -> tuple:
     """Lower is better, for choosing one record per seed."""
     return (not record.has_result, record.final_loss is None, record.reused, record.run_id)
@@ -190,6 +216,7 @@ def _summarize_group(params: dict[str, str], records: list[RunRecord]) -> GroupS
     results = [r for r in chosen if r.has_result]
     failed = [r for r in chosen if not r.has_result]
     n_solved = sum(r.outcome == "solved" for r in results)
+    interval = wilson_interval(n_solved, len(results))
     scored = [r for r in results if r.outcome != "diverged" and r.final_loss is not None]
     losses = np.array([r.final_loss for r in scored], dtype=float)
     solved_at = [r.solved_at for r in results if r.outcome == "solved" and r.solved_at is not None]
@@ -198,10 +225,13 @@ def _summarize_group(params: dict[str, str], records: list[RunRecord]) -> GroupS
         params=params,
         n_seeds=len(results),
         n_solved=n_solved,
+        n_stuck=sum(r.outcome == "stuck" for r in results),
         n_diverged=sum(r.outcome == "diverged" for r in results),
         n_failed=len(failed),
         n_reused=sum(r.reused for r in results),
         success_rate=n_solved / len(results) if results else None,
+        success_low=interval[0] if interval else None,
+        success_high=interval[1] if interval else None,
         final_loss_median=_median(losses),
         final_loss_mean=float(losses.mean()) if len(losses) else None,
         final_loss_std=float(losses.std(ddof=1)) if len(losses) >= 2 else None,
@@ -216,7 +246,7 @@ def _none_last(value: float | None) -> tuple[bool, float]:
     return (value is None, 0.0 if value is None else value)
 
 
-def _params_order(group: GroupSummary) -> tuple:
+def params_order(group: GroupSummary) -> tuple:
     keys = []
     for key in GROUP_KEYS:
         value = group.value(key)
@@ -231,7 +261,7 @@ def sort_key(group: GroupSummary) -> tuple:
         _none_last(rate),
         _none_last(group.final_loss_median),
         _none_last(group.solved_at_median),
-        _params_order(group),
+        params_order(group),
     )
 
 
@@ -252,10 +282,11 @@ def varying_keys(groups: Sequence[GroupSummary]) -> list[str]:
 def group_labels(groups: Sequence[GroupSummary]) -> list[str]:
     """Short labels naming only the values that vary, e.g. ``h=2 lr=0.5``; in the order given."""
     keys = varying_keys(groups) or ["hidden_units", "lr"]
-    return [" ".join(f"{SHORT_NAMES[k]}={_show_param(k, g)}" for k in keys) for g in groups]
+    return [" ".join(f"{SHORT_NAMES[k]}={show_param(k, g)}" for k in keys) for g in groups]
 
 
-def _show_param(key: str, group: GroupSummary) -> str:
+def show_param(key: str, group: GroupSummary) -> str:
+    """A group's value of ``key`` as labels show it: ``0.1``, ``2``, ``null``."""
     value = group.value(key)
     if value is None:
         return "null" if group.params[key] == "null" else (group.params[key] or "?")
@@ -282,6 +313,8 @@ def format_table(groups: Sequence[GroupSummary]) -> str:
         *param_cols,
         "seeds",
         "success",
+        "95 % interval",
+        "stuck",
         "diverged",
         "failed",
         *(["reused"] if show_reused else []),
@@ -292,14 +325,17 @@ def format_table(groups: Sequence[GroupSummary]) -> str:
     rows = []
     for g in groups:
         rate = "-" if g.success_rate is None else f"{g.n_solved}/{g.n_seeds} {g.success_rate:4.0%}"
+        interval = "-" if g.success_low is None else f"[{g.success_low:.2f}, {g.success_high:.2f}]"
         mean_std = (
             "-" if g.final_loss_mean is None else f"{g.final_loss_mean:.4g} ± {_num(g.final_loss_std, '.2g')}"
         )
         rows.append(
             [
-                *(_show_param(k, g) for k in param_cols),
+                *(show_param(k, g) for k in param_cols),
                 str(g.n_seeds),
                 rate,
+                interval,
+                str(g.n_stuck),
                 str(g.n_diverged),
                 str(g.n_failed),
                 *([str(g.n_reused)] if show_reused else []),
@@ -325,6 +361,9 @@ CSV_COLUMNS = (
     "n_seeds",
     "n_solved",
     "success_rate",
+    "success_low",
+    "success_high",
+    "n_stuck",
     "n_diverged",
     "n_failed",
     "n_reused",
@@ -383,3 +422,120 @@ def trace_band(
     median = np.nanmedian(table, axis=0)
     low, high = np.nanpercentile(table, quantiles, axis=0)
     return grid, median, low, high, count
+
+
+# ---- what the sweep figures show, computed here so that xorexp.plots only draws ----
+
+AXIS_PREFERENCE = ("lr", "hidden_units", "iterations", "stop_loss", "trace_every")
+
+
+def figure_axes(groups: Sequence[GroupSummary]) -> tuple[str | None, str | None]:
+    """(x key, series key) of the sweep figures: what the sweep varied.
+
+    hidden_units and lr both varying: x = lr, one series per hidden_units (the heatmap shows both).
+    Otherwise x is the first varying key of AXIS_PREFERENCE and the series the second, if any;
+    (None, None) when only the seed varied. Keys beyond two pool together.
+    """
+    vary = set(varying_keys(groups))
+    if {"hidden_units", "lr"} <= vary:
+        return "lr", "hidden_units"
+    ordered = [k for k in AXIS_PREFERENCE if k in vary]
+    return (ordered + [None, None])[0], (ordered + [None, None])[1]
+
+
+@dataclass(frozen=True)
+class GroupRuns:
+    """One group's runs with a result, as the sweep figures show them (all in ``group.run_ids`` order)."""
+
+    group: GroupSummary
+    label: str  # the values that vary, e.g. "h=2 lr=0.1"
+    outcomes: tuple[str, ...]
+    final_losses: np.ndarray  # (n,): NaN where a run has no finite final loss (diverged)
+    traces: tuple[tuple[np.ndarray, np.ndarray], ...]  # (steps, loss) per run; empty when not given
+
+    @property
+    def n(self) -> int:
+        return len(self.outcomes)
+
+    def counts(self) -> dict[str, int]:
+        """Runs per outcome, failed jobs included (``failed``)."""
+        out = {o: sum(x == o for x in self.outcomes) for o in OUTCOMES}
+        out["failed"] = self.group.n_failed
+        return out
+
+    def count_text(self) -> str:
+        """E.g. ``13 solved, 7 stuck`` (outcomes with no run left out)."""
+        return ", ".join(f"{n} {o}" for o, n in self.counts().items() if n) or "no runs"
+
+    def losses_of(self, outcome: str) -> np.ndarray:
+        """Finite final losses of the runs with ``outcome``."""
+        mask = np.array([o == outcome for o in self.outcomes], dtype=bool)
+        values = self.final_losses[mask] if len(mask) else np.empty(0)
+        return values[np.isfinite(values)]
+
+    def finite_losses(self) -> np.ndarray:
+        return self.final_losses[np.isfinite(self.final_losses)]
+
+    def traces_of(self, outcome: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Traces of the runs with ``outcome`` (every run when None)."""
+        return [t for t, o in zip(self.traces, self.outcomes, strict=True) if outcome in (None, o)]
+
+    def band(self, outcome: str | None = None) -> tuple[np.ndarray, ...]:
+        """``trace_band`` of the runs with ``outcome`` (every run when None)."""
+        return trace_band(self.traces_of(outcome))
+
+
+def loss_quartiles(values: np.ndarray) -> tuple[float, float, float] | None:
+    """(median, 25 %, 75 %) of finite values; None when there are none."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    q25, median, q75 = np.percentile(values, [25.0, 50.0, 75.0])
+    return float(median), float(q25), float(q75)
+
+
+def figure_groups(
+    groups: Sequence[GroupSummary],
+    records: Iterable[RunRecord],
+    curves: Sequence[Sequence[tuple[Any, Any]]] | None = None,
+) -> list[GroupRuns]:
+    """Per group (in the order given), its runs' outcomes, final losses and, from ``curves``, traces.
+
+    ``records`` must hold every run id of the groups (e.g. the records they were summarised from).
+    ``curves[i]`` holds the (steps, values) traces of ``groups[i].run_ids``, in that order.
+    """
+    if curves is not None and len(curves) != len(groups):
+        raise ValueError(f"{len(curves)} lists of traces for {len(groups)} groups")
+    by_id = {r.run_id: r for r in records}
+    labels = group_labels(groups)
+    out = []
+    for i, (group, label) in enumerate(zip(groups, labels, strict=True)):
+        chosen = [by_id[run_id] for run_id in group.run_ids]  # runs with a result: outcome is set
+        outcomes = tuple(str(r.outcome) for r in chosen)
+        losses = np.array(
+            [np.nan if r.final_loss is None or r.outcome == "diverged" else r.final_loss for r in chosen],
+            dtype=float,
+        )
+        traces: tuple = ()
+        if curves is not None:
+            if len(curves[i]) != len(group.run_ids):
+                raise ValueError(f"group {label}: {len(curves[i])} traces for {len(group.run_ids)} runs")
+            traces = tuple(
+                (np.asarray(s, dtype=float).ravel(), np.asarray(v, dtype=float).ravel()) for s, v in curves[i]
+            )
+        out.append(GroupRuns(group, label, outcomes, losses, traces))
+    return out
+
+
+def success_cells(groups: Sequence[GroupSummary]) -> dict[tuple[int, float], tuple[int, int]]:
+    """(hidden_units, lr) -> (solved, seeds), pooled over every other value (iterations, ...)."""
+    cells: dict[tuple[int, float], list[int]] = {}
+    for g in groups:
+        h, lr = g.hidden_units, g.lr
+        if h is None or lr is None:
+            continue
+        cell = cells.setdefault((h, lr), [0, 0])
+        cell[0] += g.n_solved
+        cell[1] += g.n_seeds
+    return {key: (solved, n) for key, (solved, n) in cells.items()}
