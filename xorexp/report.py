@@ -32,6 +32,7 @@ REUSED_FILE = "reused_runs.json"  # artifact of the parent: ids of FINISHED runs
 TAG_BEST_MODEL = "xorexp.best_model"  # on the parent: runs:/<best run id>/model
 TAG_NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 UI_PORT = 5000  # python -m xorexp.ui's default port
+UI_QUERY = "?workflowType=machine_learning"  # the MLflow UI's model-training view (see run_url)
 MAX_NOTE_ROWS = 30  # groups shown in the parent's description; all of them are in summary.csv
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -105,7 +106,7 @@ def finish_sweep(
             if value is not None:
                 metrics[f"best.{name}"] = float(value)
         tags["xorexp.best_run_id"] = best.best_run_id or ""
-        tags.update({f"xorexp.best.{key}": value for key, value in best.params.items()})
+        tags.update({f"xorexp.best.{key}": _group_value(best, key) for key in best.params})
         if best.best_run_id and log_best_model(store, best.best_run_id):
             tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{tracking.MODEL_NAME}"
     tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
@@ -129,8 +130,13 @@ def finish_sweep(
 
 
 def run_url(experiment_id: str, run_id: str, base: str = "") -> str:
-    """The MLflow UI's page of a run; ``base`` empty gives the link relative to the UI itself."""
-    return f"{base}#/experiments/{experiment_id}/runs/{run_id}"
+    """The MLflow UI's page of a run; ``base`` empty gives the link relative to the UI itself.
+
+    ``workflowType=machine_learning`` makes MLflow 3.17's UI show the page as model training: in a
+    fresh browser it otherwise defaults to its GenAI view (runs under "Evaluations") whatever the
+    experiment's ``mlflow.experimentKind`` tag says (measured in headless Chromium).
+    """
+    return f"{base}#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
 
 
 def ui_hint(store: tracking.Store, parent_run_id: str) -> list[str]:
@@ -204,6 +210,11 @@ def sweep_params(config: DictConfig) -> dict[str, str]:
     return {key: value[:MAX_PARAM_CHARS] for key, value in params.items()}
 
 
+def _group_value(group: summary.GroupSummary, key: str) -> str:
+    """A group's value of ``key`` as typed (``5``, not ``5.0``); "" when its runs did not log it."""
+    return group.params[key] and _value_text(key, group.value(key))
+
+
 def _stuck(group: summary.GroupSummary) -> int:
     """Seeds that ended finite but unsolved (summary may carry it as ``n_stuck``)."""
     n_stuck = getattr(group, "n_stuck", None)
@@ -244,7 +255,7 @@ def sweep_description(experiment_id: str, groups: Sequence[summary.GroupSummary]
             if group.best_run_id else "-"
         )
         cells = [
-            *(group.params[k] and _value_text(k, group.value(k)) for k in param_cols),
+            *(_group_value(group, k) for k in param_cols),
             str(group.n_seeds),
             str(group.n_solved),
             str(_stuck(group)),

@@ -52,6 +52,7 @@ def server_env() -> dict[str, str]:
 
 def check_port(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
         try:
             probe.bind((HOST, port))
         except OSError as error:
@@ -67,7 +68,8 @@ def start_page(uri: str, experiment: str, base: str) -> tuple[str, str]:
         return f"no experiment {experiment!r} in the store", base
     parent = tracking.latest_sweep(store)
     if parent is None:
-        return f"experiment {experiment!r} (no sweep yet)", f"{base}#/experiments/{store.experiment_id}/runs"
+        runs_page = f"{base}#/experiments/{store.experiment_id}/runs{report.UI_QUERY}"
+        return f"experiment {experiment!r} (no sweep yet)", runs_page
     name = store.client.get_run(parent).info.run_name
     return f"latest sweep {name!r}", report.run_url(store.experiment_id, parent, base)
 
