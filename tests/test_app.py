@@ -73,7 +73,7 @@ def test_multirun_makes_one_run_per_learning_rate(tmp_path):
     proc = run_cli(tmp_path, "-m", "lr=0.01,0.1,1", "iterations=500")
     assert proc.returncode == 0, proc.stderr
     runs = [r for r in runs_of(tmp_path) if r.data.tags.get("xorexp.role") != "sweep"]
-    assert sorted(r.data.params["lr"] for r in runs) == ["0.01", "0.1", "1.0"]
+    assert sorted(r.data.params["lr"] for r in runs) == ["0.01", "0.1", "1"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 

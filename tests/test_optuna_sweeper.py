@@ -179,8 +179,8 @@ def test_grid_sampler_visits_each_point_once_and_tells_a_diverged_run(tmp_path):
     assert sorted((r.data.params["lr"], r.data.params["hidden_units"]) for r in runs) == [
         ("0.5", "2"),
         ("0.5", "3"),
-        ("1000.0", "2"),
-        ("1000.0", "3"),
+        ("1000", "2"),
+        ("1000", "3"),
     ]
     assert "Every grid point has a trial" in proc.stdout
     assert sum(r.data.tags["xorexp.outcome"] == "diverged" for r in runs) == 2

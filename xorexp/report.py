@@ -1,7 +1,10 @@
 """A sweep's summary across seeds, from the store: logged on the parent at the sweep's end, and
 printed again for any past sweep by ``python -m xorexp.report``.
 
-    python -m xorexp.report [--experiment NAME] [--tracking-uri URI] [--run PARENT_ID]
+    python -m xorexp.report [--experiment NAME] [--tracking-uri URI] [--run PARENT_ID | --list]
+
+The report only reads: it never creates a store, an experiment or a file. Bad input (no store, a
+corrupt one, an unknown experiment or run, a run that is not a sweep) is one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -10,17 +13,28 @@ import argparse
 import dataclasses
 import json
 import logging
+import sqlite3
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
 
 from xorexp import plots, summary, tracking
+from xorexp.config import RESULT_KEYS, sweep_overrides
 
 log = logging.getLogger(__name__)
 
 REUSED_FILE = "reused_runs.json"  # artifact of the parent: ids of FINISHED runs reused by the sweep
 TAG_BEST_MODEL = "xorexp.best_model"  # on the parent: runs:/<best run id>/model
+TAG_NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
+UI_PORT = 5000  # python -m xorexp.ui's default port
+UI_QUERY = "?workflowType=machine_learning"  # the MLflow UI's model-training view (see run_url)
+MAX_NOTE_ROWS = 30  # groups shown in the parent's description; all of them are in summary.csv
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 def collect(store: tracking.Store, parent_run_id: str, reused_ids: list[str] | None = None) -> list:
@@ -97,9 +111,10 @@ def finish_sweep(
             if value is not None:
                 metrics[f"best.{name}"] = float(value)
         tags["xorexp.best_run_id"] = best.best_run_id or ""
-        tags.update({f"xorexp.best.{key}": value for key, value in best.params.items()})
+        tags.update({f"xorexp.best.{key}": _group_value(best, key) for key in best.params})
         if best.best_run_id and log_best_model(store, best.best_run_id):
             tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{tracking.MODEL_NAME}"
+    tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
     figures = {}
     if records:
         figures = plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
@@ -115,28 +130,259 @@ def finish_sweep(
     return failed
 
 
+def run_url(experiment_id: str, run_id: str, base: str = "") -> str:
+    """The MLflow UI's page of a run; ``base`` empty gives the link relative to the UI itself.
+
+    ``workflowType=machine_learning`` makes MLflow 3.17's UI show the page as model training: in a
+    fresh browser it otherwise defaults to its GenAI view (runs under "Evaluations") whatever the
+    experiment's ``mlflow.experimentKind`` tag says (measured in headless Chromium).
+    """
+    return f"{base}#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
+
+
+def ui_hint(store: tracking.Store, parent_run_id: str) -> list[str]:
+    """The lines a sweep prints at its end: how to look at it in the MLflow UI.
+
+    For a local store: the command that serves it (``--tracking-uri`` only when it is not the
+    default of this directory) and the URL of the parent run. For a tracking server, which is the UI
+    already: the URL only.
+    """
+    if store.uri.startswith(("http://", "https://")):
+        base = tracking.redact(store.uri).rstrip("/") + "/"
+        return [f"MLflow UI: {run_url(store.experiment_id, parent_run_id, base)}"]
+    command = "python -m xorexp.ui"
+    if store.uri != tracking.resolve_uri(None, Path.cwd()):
+        command += f" --tracking-uri {tracking.redact(store.uri)}"
+    base = f"http://127.0.0.1:{UI_PORT}/"
+    return [
+        f"MLflow UI: {command}",
+        f"then open {run_url(store.experiment_id, parent_run_id, base)}",
+    ]
+
+
+def _value_text(key: str, value: Any) -> str:
+    """A config value as a param: numbers as typed (``tracking.param_text``), None as ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if key in summary.RESULT_KEYS and key not in ("lr", "stop_loss"):
+        return tracking.param_text(value)
+    return tracking.param_text(float(value))
+
+
+def _sweep_text(key: str, override: Any) -> str:
+    """A sweep override's value as a user would type it: ``choice(0.01,0.1,1)``, ``range(0,5)``,
+    ``interval(0.001,10)``, ``tag(log, interval(0.001,10))``."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    sweep = override.value()
+    if isinstance(sweep, RangeSweep):
+        step = "" if sweep.step == 1 else f",{_value_text(key, sweep.step)}"
+        text = f"range({_value_text(key, sweep.start)},{_value_text(key, sweep.stop)}{step})"
+    elif isinstance(sweep, IntervalSweep):
+        text = f"interval({_value_text(key, sweep.start)},{_value_text(key, sweep.end)})"
+    elif isinstance(sweep, ChoiceSweep):
+        text = "choice(" + ",".join(_value_text(key, v) for v in override.sweep_iterator()) + ")"
+    else:
+        text = override.get_value_element_as_str()
+    tags = sorted(getattr(sweep, "tags", None) or ())
+    return f"tag({', '.join(tags)}, {text})" if tags else text
+
+
+def sweep_params(config: DictConfig) -> dict[str, str]:
+    """The sweep's fixed values and swept space as params of its parent run.
+
+    One param per result key (``lr`` -> ``choice(0.01,0.1,1)`` when swept, ``0.1`` when fixed),
+    plus ``sweep``: the preset (``grid`` for the command line's plain grid). Call it on the
+    multirun's config once the parent run exists, and log the result on the parent.
+    """
+    swept = {}
+    for override in sweep_overrides(config):
+        key = override.get_key_element()
+        if key not in RESULT_KEYS:
+            continue
+        if override.is_sweep_override():
+            swept[key] = _sweep_text(key, override)
+        else:
+            swept.pop(key, None)  # a fixed value on the command line replaces a sweep from config
+    params = {key: swept.get(key) or _value_text(key, config[key]) for key in RESULT_KEYS}
+    params["sweep"] = str(config.hydra.runtime.choices.get("sweep") or "grid")
+    return {key: value[:MAX_PARAM_CHARS] for key, value in params.items()}
+
+
+def _group_value(group: summary.GroupSummary, key: str) -> str:
+    """A group's value of ``key`` as typed (``5``, not ``5.0``); "" when its runs did not log it."""
+    return group.params[key] and _value_text(key, group.value(key))
+
+
+def _stuck(group: summary.GroupSummary) -> int:
+    """Seeds that ended finite but unsolved (summary may carry it as ``n_stuck``)."""
+    n_stuck = getattr(group, "n_stuck", None)
+    return int(n_stuck) if n_stuck is not None else group.n_seeds - group.n_solved - group.n_diverged
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def sweep_description(experiment_id: str, groups: Sequence[summary.GroupSummary]) -> str:
+    """The parent run's description (Markdown): the summary table, best first, each row linking
+    its best run, and a line naming the sweep's best run."""
+    if not groups:
+        return "**Sweep summary**: no runs to summarize."
+    vary = summary.varying_keys(groups)
+    param_cols = ["hidden_units", "lr", "iterations"] + [
+        k for k in ("stop_loss", "trace_every") if k in vary
+    ]
+    header = [*param_cols, "seeds", "solved", "stuck", "diverged", "failed", "success",
+              "loss median", "median solved_at", "best run"]
+    lines = []
+    best = groups[0]
+    if best.best_run_id:
+        label = summary.group_labels([best])[0]
+        rate = _cell(best.success_rate, ".0%")
+        lines.append(
+            f"**Best run:** [{best.best_run_id[:8]}]({run_url(experiment_id, best.best_run_id)}) "
+            f"({label}; success {best.n_solved}/{best.n_seeds} = {rate}, "
+            f"median final loss {_cell(best.final_loss_median, '.4g')})"
+        )
+        lines.append("")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---:" for _ in header) + "|")
+    for group in groups[:MAX_NOTE_ROWS]:
+        link = (
+            f"[{group.best_run_id[:8]}]({run_url(experiment_id, group.best_run_id)})"
+            if group.best_run_id else "-"
+        )
+        cells = [
+            *(_group_value(group, k) for k in param_cols),
+            str(group.n_seeds),
+            str(group.n_solved),
+            str(_stuck(group)),
+            str(group.n_diverged),
+            str(group.n_failed),
+            _cell(group.success_rate, ".0%"),
+            _cell(group.final_loss_median, ".4g"),
+            _cell(group.solved_at_median, ".0f"),
+            link,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(groups) > MAX_NOTE_ROWS:
+        lines.append("")
+        lines.append(f"... and {len(groups) - MAX_NOTE_ROWS} more groups: see `summary.csv`.")
+    lines.append("")
+    lines.append("Seeds are grouped by every other value; best first (success rate, then median final loss).")
+    return "\n".join(lines)
+
+
+def check_readable(uri: str) -> None:
+    """Refuse, before MLflow touches it, a sqlite store that is missing, not a database or not
+    MLflow's: MLflow would create (or add its tables to) the file. Raises StoreError."""
+    if uri.startswith(("http://", "https://")):
+        tracking.check_server(uri)
+        return
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    if not path.is_file():
+        raise tracking.StoreError(
+            f"no store at {uri}: run a sweep here first, or pass --tracking-uri of an existing store"
+        )
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            rows = connection.execute("select name from sqlite_master where type='table'").fetchall()
+        finally:
+            connection.close()
+        tables = {row[0] for row in rows}
+    except sqlite3.Error as error:
+        raise tracking.StoreError(f"store {uri} is not a readable sqlite database ({error})") from None
+    if not {"experiments", "runs", "alembic_version"} <= tables:
+        raise tracking.StoreError(f"store {uri} is not an MLflow database (no MLflow tables in it)")
+
+
+def open_sweep(store: tracking.Store, run_id: str) -> Any:
+    """The parent run of a sweep, by id; StoreError when there is no such run or it is no sweep."""
+    try:
+        run = store.client.get_run(run_id)
+    except Exception:
+        raise tracking.StoreError(
+            f"no run {run_id!r} in {tracking.redact(store.uri)}: list the sweeps with --list"
+        ) from None
+    if run.data.tags.get(tracking.TAG_ROLE) != "sweep":
+        parent = run.data.tags.get(tracking.TAG_PARENT)
+        hint = f"its sweep is run {parent}" if parent else "list the sweeps with --list"
+        raise tracking.StoreError(f"run {run_id} is not a sweep (no {tracking.TAG_ROLE} tag): {hint}")
+    if run.info.experiment_id != store.experiment_id:
+        raise tracking.StoreError(
+            f"run {run_id} is not in the experiment given: pass its experiment with --experiment"
+        )
+    return run
+
+
+def sweep_list(store: tracking.Store) -> list[str]:
+    """One line per sweep of the experiment, newest first: id, start, runs, status, name."""
+    parents = tracking._search_all(store, f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
+    parents.sort(key=lambda run: run.info.start_time or 0, reverse=True)
+    rows = []
+    for run in parents:
+        runs = run.data.metrics.get("runs")
+        if runs is None:  # not finished: count its children so far
+            runs = len(tracking.sweep_children(store, run.info.run_id))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((run.info.start_time or 0) / 1000))
+        rows.append([run.info.run_id, started, str(int(runs)), run.info.status, run.info.run_name or ""])
+    if not rows:
+        return ["no sweep in this experiment"]
+    header = ["run id", "started", "runs", "status", "name"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths[-1] = 0  # the name goes last, unpadded
+    aligned = []
+    for row in [header, *rows]:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.rjust(w) if i == 2 else c.ljust(w) for i, (c, w) in pairs]
+        aligned.append("  ".join(cells).rstrip())
+    return aligned
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m xorexp.report", description="Print the summary across seeds of a past sweep."
     )
     parser.add_argument("--experiment", default="xorexp", help="experiment name (default: xorexp)")
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///./mlflow.db")
-    parser.add_argument("--run", default=None, help="parent run id of the sweep (default: the latest sweep)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--run", default=None, help="parent run id of the sweep (default: the latest sweep)")
+    which.add_argument("--list", action="store_true", help="list the experiment's sweeps, newest first")
     args = parser.parse_args(argv)
     uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        print(f"xorexp.report: no store at {uri}", file=sys.stderr)
-        return 2
     try:
-        store = tracking.open_store(uri, args.experiment)
+        return _report(uri, args)
     except tracking.StoreError as error:
-        print(f"xorexp.report: {error}", file=sys.stderr)
-        return 2
-    parent = args.run or tracking.latest_sweep(store)
-    if parent is None:
-        print(f"xorexp.report: no sweep in experiment {args.experiment!r} of {uri}", file=sys.stderr)
-        return 2
-    run = store.client.get_run(parent)
+        print(f"xorexp: {error}", file=sys.stderr)
+    except Exception as error:  # a store MLflow cannot read: one line, never a traceback
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        print(f"xorexp: cannot read the store {tracking.redact(uri)} ({reason}): "
+              "check --tracking-uri", file=sys.stderr)
+    return 2
+
+
+def _report(uri: str, args: argparse.Namespace) -> int:
+    check_readable(uri)
+    store = tracking.open_store(uri, args.experiment, create=False)
+    if args.list:
+        print("\n".join(sweep_list(store)))
+        return 0
+    if args.run:
+        run = open_sweep(store, args.run)
+    else:
+        parent = tracking.latest_sweep(store)
+        if parent is None:
+            raise tracking.StoreError(
+                f"no sweep in experiment {args.experiment!r} of {tracking.redact(uri)}: run one with -m"
+            )
+        run = store.client.get_run(parent)
+    parent = run.info.run_id
     print(f"sweep {run.info.run_name} (run {parent}, {run.info.status})")
     print(summary.format_table(summary.summarize(collect(store, parent))))
     return 0

@@ -17,6 +17,7 @@ import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ TAG_HOST = "xorexp.host"
 TAG_PID = "xorexp.pid"
 TAG_REPLAY_OF = "xorexp.replay_of"  # on a run made by ``python -m xorexp.replay --log``
 PARAMS_ARTIFACT = "model/params.npz"  # every run: W1, B1, W2, B2 as trained
+# MLflow 3.17's UI reads this experiment tag: without it an experiment counts as GenAI (its runs shown
+# as "Evaluations"); this value makes it a model-training experiment (runs, charts, artifacts).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 MODEL_NAME = "model"  # the MLflow model of a run (single runs, a sweep's best run): runs:/<id>/model
 
 
@@ -67,20 +72,47 @@ def resolve_uri(uri: str | None, launch_dir: str | Path) -> str:
 
 
 def config_hash(spec: RunSpec) -> str:
-    """Stable hash of the values that shape a run's numbers."""
-    canonical = json.dumps(result_params(spec), sort_keys=True)
+    """Stable hash of the values that shape a run's numbers.
+
+    Computed from the canonical text params had before they were logged as typed (floats by
+    ``repr``: ``1.0``), so the hash of every existing run stays what it was.
+    """
+    canonical = json.dumps(_hash_params(spec), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def result_params(spec: RunSpec) -> dict[str, str]:
-    """The run's result-shaping values as MLflow params (strings that round-trip exactly)."""
+def _hash_params(spec: RunSpec) -> dict[str, str]:
     return {
         "hidden_units": str(spec.hidden_units),
-        "lr": repr(spec.lr),
+        "lr": repr(float(spec.lr)),
         "iterations": str(spec.iterations),
         "seed": str(spec.seed),
         "trace_every": str(spec.trace_every),
-        "stop_loss": "null" if spec.stop_loss is None else repr(spec.stop_loss),
+        "stop_loss": "null" if spec.stop_loss is None else repr(float(spec.stop_loss)),
+    }
+
+
+def param_text(value: int | float) -> str:
+    """A number as a user types it: the shortest text that parses back to the same value, with no
+    trailing ``.0`` (``1``, ``0.1``, ``1e-05``, ``2.5e+20``); integers as integers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"not a number: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    text = repr(float(value))  # shortest round-tripping text
+    return text[:-2] if text.endswith(".0") else text
+
+
+def result_params(spec: RunSpec) -> dict[str, str]:
+    """The run's result-shaping values as MLflow params, written as typed (``lr=1`` -> ``1``);
+    each parses back (``float``/``int``) to exactly the value trained with."""
+    return {
+        "hidden_units": str(spec.hidden_units),
+        "lr": param_text(float(spec.lr)),
+        "iterations": str(spec.iterations),
+        "seed": str(spec.seed),
+        "trace_every": str(spec.trace_every),
+        "stop_loss": "null" if spec.stop_loss is None else param_text(float(spec.stop_loss)),
     }
 
 
@@ -89,16 +121,26 @@ def _params(spec: RunSpec) -> list[Param]:
 
 
 def spec_from_params(params: Mapping[str, str]) -> RunSpec:
-    """Inverse of ``result_params``."""
+    """Inverse of ``result_params``: reads today's params (``lr=1``) and older ones (``lr=1.0``)."""
     stop = params["stop_loss"]
     return RunSpec(
-        hidden_units=int(params["hidden_units"]),
+        hidden_units=_int_param(params["hidden_units"]),
         lr=float(params["lr"]),
-        iterations=int(params["iterations"]),
-        seed=int(params["seed"]),
-        trace_every=int(params["trace_every"]),
+        iterations=_int_param(params["iterations"]),
+        seed=_int_param(params["seed"]),
+        trace_every=_int_param(params["trace_every"]),
         stop_loss=None if stop in ("null", "None") else float(stop),
     )
+
+
+def _int_param(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)  # e.g. "2.0"; anything not integral is an error
+        if not number.is_integer():
+            raise
+        return int(number)
 
 
 def run_name(spec: RunSpec) -> str:
@@ -156,8 +198,12 @@ def check_server(uri: str) -> None:
     raise StoreError(f"tracking server {uri} does not answer ({problem}): start it or fix tracking.uri")
 
 
-def open_store(uri: str, experiment: str) -> Store:
-    """Open (creating and migrating if new) the store and the experiment. Call once per launch."""
+def open_store(uri: str, experiment: str, *, create: bool = True) -> Store:
+    """Open (creating and migrating if new) the store and the experiment. Call once per launch.
+
+    ``create=False`` (readers such as ``python -m xorexp.report``): a missing experiment is a
+    StoreError, and nothing is created or tagged.
+    """
     # MLflow draws a progress bar on stderr per artifact download (e.g. the sweep's best run's params)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith(("http://", "https://")):
@@ -172,19 +218,40 @@ def open_store(uri: str, experiment: str) -> Store:
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
+        if create:
+            ensure_experiment_kind(client, found)
         return Store(uri, found.experiment_id, client)
+    if not create:
+        raise StoreError(f"no experiment {experiment!r} in {redact(uri)}: check --experiment")
     artifact_location = None
     if uri.startswith("sqlite:///"):
         db_dir = Path(uri[len("sqlite:///") :]).parent
         artifact_location = (db_dir / "mlartifacts" / _safe_name(experiment)).as_uri()
     try:
-        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+        experiment_id = client.create_experiment(
+            experiment, artifact_location=artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+        )
     except Exception:  # created meanwhile by another process
         found = client.get_experiment_by_name(experiment)
         if found is None:
             raise
         experiment_id = found.experiment_id
     return Store(uri, experiment_id, client)
+
+
+def ensure_experiment_kind(client: MlflowClient, experiment) -> None:
+    """Tag an experiment made before xorexp tagged them as model training (one call, only if missing)."""
+    if (experiment.tags or {}).get(TAG_EXPERIMENT_KIND) is None:
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+
+
+def redact(uri: str) -> str:
+    """The URI fit to print: a password in it (``http://user:secret@host``) becomes ``***``."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))
 
 
 def _safe_name(name: str) -> str:
