@@ -126,7 +126,13 @@ def finish_sweep(
         files={"summary.csv": summary.to_csv(groups), REUSED_FILE: json.dumps(reused_ids)},
         figures=figures,
     )
-    tracking.finish_run(store, parent_run_id, "FAILED" if failed else "FINISHED")
+    status = "FAILED" if failed else "FINISHED"
+    tracking.finish_run(store, parent_run_id, status)
+    print(f"sweep: parent run {parent_run_id}, {len(records)} runs, {failed} failed: {status}")
+    if best is not None and best.best_run_id:
+        config = " ".join(f"{key}={_group_value(best, key)}" for key in best.params)
+        rate = f"{best.n_solved}/{best.n_seeds} solved"
+        print(f"best: run {best.best_run_id} ({config}; {rate})", flush=True)
     return failed
 
 

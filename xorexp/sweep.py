@@ -122,6 +122,7 @@ class Sweep:
                 tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
             }
             run_id = tracking.start_parent(store, sweep_name(config), tags)
+            tracking.log_to_run(store, run_id, params=report.sweep_params(config))
         except BaseException:
             resources.close()
             raise
@@ -161,6 +162,8 @@ class Sweep:
             self._close()
             raise Abort(problem or f"the sweep's summary failed: {type(error).__name__}: {error}") from error
         self._close()
+        for line in report.ui_hint(self.store, self.parent.run_id):
+            print(line, flush=True)
         if failed:
             raise Abort(f"{failed} job(s) of the sweep failed (listed above); resume: {resume_command()}")
 
