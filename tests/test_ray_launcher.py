@@ -34,6 +34,7 @@ from hydra_plugins.xorexp_vectorized_launcher._ray_backend import (
 )
 from tests.conftest import ROOT, run_cli
 from tests.test_vectorized_launcher import _store_snapshot
+from xorexp.errors import Abort
 
 if importlib.util.find_spec("ray") is None:  # CI installs the extra: a missing Ray is a failure, not a skip
     pytest.fail("Ray is not installed; the ray backend tests need it: pip install -e '.[ray,test]'",
@@ -289,14 +290,13 @@ def test_nothing_listening_is_reported_at_once():
         ("local", "hydra.launcher.ray.address=local would start a new Ray cluster"),
     ],
 )
-def test_backend_refuses_in_one_line(monkeypatch, capsys, address, message):
+def test_backend_refuses_in_one_line(monkeypatch, address, message):
     if address is None:
         monkeypatch.setattr(_ray_backend, "ray", None)
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(Abort) as stop:
         _ray_backend.RayExecutor({"address": address, "max_retries": 3})
-    assert stop.value.code == 2
-    [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("xorexp: ") and message in line
+    assert stop.value.status == 2
+    assert "\n" not in stop.value.message and message in stop.value.message
 
 
 def test_cluster_is_on_loopback_only(cluster):

@@ -191,7 +191,8 @@ class Sweep:
             runs = "; the store could not be updated"
         else:
             runs = f"; {ended} unfinished run(s) and the parent marked {status}"
-        return f"{done}{of} jobs done{runs}; resume: {resume_command()}"
+        resume = f"; resume: {resume_command()}" if interrupted or done else ""
+        return f"{done}{of} jobs done{runs}{resume}"
 
     def _end_parent(self, status: str) -> None:
         try:

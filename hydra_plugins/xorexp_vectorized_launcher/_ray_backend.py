@@ -94,7 +94,9 @@ class RayExecutor:
         self._remote: dict[Callable, Any] = {}
 
     @staticmethod
-    def _connect(conf: Any) -> None:
+    def check(conf: Any) -> str:
+        """What can be checked before a sweep starts (Ray there, an address that answers); returns
+        the address; raises RayBackendError."""
         if ray is None:
             raise RayBackendError(
                 "hydra.launcher.backend=ray needs Ray in this environment: pip install 'xorexp[ray]'"
@@ -106,6 +108,11 @@ class RayExecutor:
                 "running one, or use hydra.launcher.backend=local"
             )
         check_reachable(address)
+        return address
+
+    @staticmethod
+    def _connect(conf: Any) -> None:
+        address = RayExecutor.check(conf)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage from here
         kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
         runtime_env = _field(conf, "runtime_env")

@@ -32,6 +32,13 @@ class VectorizedLauncher(Launcher):
         chunk_size = conf.get("chunk_size")
         if type(chunk_size) is not int or chunk_size < 1:
             raise bad("chunk_size", "an integer >= 1")
+        if conf.get("backend") == "ray":
+            from ._ray_backend import RayBackendError, RayExecutor
+
+            try:
+                RayExecutor.check(conf.get("ray"))
+            except RayBackendError as error:
+                raise ConfigError(str(error)) from None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
