@@ -4,7 +4,9 @@ Put this folder first on PYTHONPATH and set XOREXP_FAULT to ``KIND:SEED`` (sever
 commas); a chunk of runs that holds SEED then meets the fault:
 - ``train``: training raises MemoryError (as a too-large batch would);
 - ``die``: a worker process dies on the spot (as an out-of-memory kill would); no effect outside workers;
-- ``slow``: training takes 2 s longer (to interrupt a sweep mid-way).
+- ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
+- ``plot``: rendering the run's plots raises (in whichever process renders them);
+- ``summary:0``: the sweep's summary at its end raises.
 """
 
 import multiprocessing
@@ -31,3 +33,23 @@ if _faults:
         return _real_train_chunk(specs)
 
     _chunks.train_chunk = _train_chunk
+
+    import xorexp.job as _job
+
+    _real_render = _chunks.render_run_plots
+
+    def _render_run_plots(result, name):
+        for kind, _, seed in _faults:
+            if kind == "plot" and result.spec.seed == int(seed):
+                raise RuntimeError("injected plotting fault")
+        return _real_render(result, name)
+
+    _chunks.render_run_plots = _job.render_run_plots = _render_run_plots
+
+    if any(kind == "summary" for kind, _, _ in _faults):
+        import xorexp.report as _report
+
+        def _finish_sweep(*args, **kwargs):
+            raise RuntimeError("injected summary fault")
+
+        _report.finish_sweep = _finish_sweep
