@@ -200,6 +200,8 @@ def test_ctrl_c_stops_the_sweep_and_a_resume_finishes_each_config_once(tmp_path)
     workers = _children_pids(proc.pid)
     start = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # impatient: twice
     assert proc.wait(timeout=30) == 130
     seconds = time.monotonic() - start
     assert seconds < 10, seconds

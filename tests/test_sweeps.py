@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -175,3 +176,28 @@ def test_progress_shows_on_a_terminal_only(tmp_path):
     assert "[xorexp] 3/3 jobs" in text
     quiet = run_cli(tmp_path, "-m", "seed=0,1", "iterations=200", f"hydra.sweep.dir={tmp_path}/m2")
     assert quiet.returncode == 0 and "[xorexp]" not in quiet.stderr + quiet.stdout
+
+
+def test_one_progress_line_for_a_sweep_on_workers(tmp_path):
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "xorexp", "-m", "seed=range(0,24)", "iterations=200",
+                             f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, env=env,
+                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    output = io.BytesIO()
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output.write(chunk)
+    assert proc.wait(timeout=180) == 0
+    text = output.getvalue().decode()
+    counts = [int(n) for n in re.findall(r"\[xorexp\] (\d+)/24 jobs", text)]
+    assert counts and counts == sorted(counts) and counts[-1] == 24  # one counter for the whole sweep
+    assert "final_loss" not in text  # the jobs' own log lines stay in their log files
+    assert len(list((tmp_path / "multirun").rglob("app.log"))) == 24
+    assert any("final_loss" in log.read_text() for log in (tmp_path / "multirun").rglob("app.log"))

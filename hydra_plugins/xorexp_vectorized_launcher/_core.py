@@ -224,10 +224,24 @@ def _launch_on_processes(
                         _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, failures)
                     )
     finally:
-        _stop(pool)
-        events.put(None)
-        relay.join(timeout=STOP_WAIT_S)
+        with _signals_ignored():  # a second Ctrl-C must not cut the workers' stop short
+            _stop(pool)
+            events.put(None)
+            relay.join(timeout=STOP_WAIT_S)
     return returns
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _relay(events) -> None:
