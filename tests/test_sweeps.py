@@ -123,23 +123,10 @@ def test_resume_after_sigkill_finishes_every_config_exactly_once(tmp_path):
     assert {status[run_id] for run_id in running_before} == {"KILLED"}
 
 
-SITECUSTOMIZE = """
-import xorexp.plots as plots
-_real = plots.RunPlotter.decision_boundary_png
-def decision_boundary_png(self, params, title=""):
-    if title.endswith("-s1"):
-        raise RuntimeError("injected plotting fault")
-    return _real(self, params, title)
-plots.RunPlotter.decision_boundary_png = decision_boundary_png
-"""
-
-
 def test_a_failing_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path):
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    faults = ROOT / "tests" / "faults"  # see its sitecustomize.py: rendering seed 1's plots raises
     proc = run_cli(tmp_path, "-m", "seed=0,1,2", "iterations=300", f"hydra.sweep.dir={tmp_path}/multirun",
-                   env={"PYTHONPATH": f"{inject}{os.pathsep}{ROOT}"})
+                   env={"PYTHONPATH": f"{faults}{os.pathsep}{ROOT}", "XOREXP_FAULT": "plot:1"})
     assert proc.returncode != 0
     failure_lines = [line for line in proc.stderr.splitlines() if "failed: RuntimeError" in line]
     assert len(failure_lines) == 1 and "injected plotting fault" in failure_lines[0]

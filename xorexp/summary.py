@@ -110,7 +110,10 @@ def _canonical(key: str, text: str | None) -> str:
     value = parse_param(key, text)
     if value is None:
         return "null" if text.strip() in _NULL - {""} else text.strip()
-    return str(value) if isinstance(value, int) else repr(float(value))
+    if isinstance(value, int):
+        return str(value)
+    text = repr(float(value))  # as the param is written (tracking.param_text): "1", not "1.0"
+    return text[:-2] if text.endswith(".0") else text
 
 
 def group_key(record: RunRecord) -> tuple[str, ...]:
