@@ -38,9 +38,10 @@ def fail(error: Exception) -> NoReturn:
 
 @functools.cache
 def store_for(uri: str | None, experiment: str, launch_dir: str) -> tracking.Store:
-    """The opened store of a job or sweep; an unreachable one stops the command in one line."""
+    """The opened store of a job or sweep (created if new; runs of crashed writers marked KILLED);
+    an unusable one stops the command in one line (exit 2), before anything is created."""
     try:
-        return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment)
+        return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment, clean_stale=True)
     except tracking.StoreError as error:
         fail(error)
 
