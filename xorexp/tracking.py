@@ -611,7 +611,11 @@ def check_store(uri: str, *, create: bool = True, experiment: str = "Default") -
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    elif kind == "database":
+    if kind in ("database", "sqlite"):
+        # MLflow logs each failed database call with its traceback on stderr, then raises it: xorexp
+        # reports what it raises in one line (describe_store_error), the log would bury that line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    if kind == "database":
         _check_database(uri)
     elif kind == "sqlite":
         _wait_when_busy()
