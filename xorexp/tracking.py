@@ -218,6 +218,12 @@ def check_uri(uri: str) -> None:
             f"tracking.uri={redact(uri)} is a path, i.e. MLflow's file store, which MLflow 3 refuses: "
             "use sqlite:///PATH.db, http(s)://HOST:PORT of an MLflow server, or null for ./mlflow.db"
         )
+    schemes = _mlflow_schemes()
+    if kind not in ("file", "sqlite", "server", "database", "databricks") and not {kind, "*"} & schemes:
+        raise StoreError(
+            f"tracking.uri={redact(uri)}: unknown kind of store {kind!r}: use sqlite:///PATH.db, "
+            "http(s)://HOST:PORT of an MLflow server, a database URI, or null for ./mlflow.db"
+        )
     if kind == "databricks" and not (
         os.environ.get("DATABRICKS_HOST") or os.environ.get("DATABRICKS_CONFIG_PROFILE")
     ):
@@ -226,6 +232,16 @@ def check_uri(uri: str) -> None:
                 f"tracking store {redact(uri)}: no Databricks credentials: set DATABRICKS_HOST and "
                 "DATABRICKS_TOKEN (or a ~/.databrickscfg profile), or use another tracking.uri"
             )
+
+
+def _mlflow_schemes() -> set[str]:
+    """The URI schemes MLflow has a tracking store for (its own and its plugins')."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        return set(_tracking_store_registry._registry)
+    except (ImportError, AttributeError):  # MLflow's internals moved: let MLflow judge the URI
+        return {"*"}
 
 
 def check_server(uri: str, experiment: str = "Default") -> None:
@@ -294,7 +310,7 @@ def _check_database(uri: str) -> None:
     except ImportError as error:
         raise StoreError(
             f"tracking store {shown}: its Python driver ({error.name or error}) is not installed: "
-            "pip install it, or name an installed driver in tracking.uri (e.g. postgresql+psycopg2://)"
+            "pip install it, or name an installed driver in the URI (dialect+driver://)"
         ) from None
     except Exception as error:
         raise StoreError(
@@ -326,6 +342,8 @@ def _probe_directory(directory: Path, uri: str) -> None:
     """Write (and remove) 4 KiB in the store's directory: a full, read-only or forbidden place
     fails here in milliseconds, not after MLflow's 100 s of retries."""
     try:
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
         directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".xorexp-probe-", dir=directory)
         try:
