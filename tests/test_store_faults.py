@@ -363,6 +363,23 @@ def test_open_store_read_only_creates_nothing(template, tmp_path):
     assert len(store.client.search_runs([store.experiment_id])) == 1
 
 
+def test_an_empty_file_becomes_a_store_and_a_leftover_migration_table_is_dropped(template, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "mlflow.db").touch()
+    store = tracking.open_store(store_uri(tmp_path / "empty"), "xorexp")
+    assert store.client.search_runs([store.experiment_id]) == []
+    shutil.copy(template / "mlflow.db", tmp_path / "mlflow.db")
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:  # as an interrupted migration leaves it
+        connection.execute("CREATE TABLE _alembic_tmp_latest_metrics AS SELECT * FROM latest_metrics")
+    with pytest.raises(tracking.StoreError, match="not a complete MLflow store"):
+        tracking.open_store(store_uri(tmp_path), "xorexp", create=False)  # read-only: repairs nothing
+    store = tracking.open_store(store_uri(tmp_path), "xorexp")
+    assert len(store.client.search_runs([store.experiment_id])) == 1
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "_alembic_tmp_latest_metrics" not in tables and "latest_metrics" in tables
+
+
 def test_open_store_cleans_runs_of_dead_writers_when_asked(tmp_path):
     store = tracking.open_store(store_uri(tmp_path), "xorexp")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

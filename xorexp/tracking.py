@@ -460,7 +460,7 @@ def _quiet_migrations():
             logger.setLevel(level)
 
 
-def _build_sqlite_store(target: Path) -> None:
+def _build_sqlite_store(target: Path, *, locked: bool = False) -> None:
     """A complete MLflow store (every table, latest schema, experiment 0, WAL journal) at ``target``.
 
     Made in a temporary file of the same directory and linked into place (atomic, never over an
@@ -488,13 +488,25 @@ def _build_sqlite_store(target: Path) -> None:
         except FileExistsError:  # another process made it first: use theirs
             pass
         except OSError:  # a file system without hard links: rename, never over another's store
-            with _directory_lock(target.parent):
+            with contextlib.nullcontext() if locked else _directory_lock(target.parent):
                 if not target.exists():
                     os.replace(tmp, target)
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def _finish_migration(path: Path) -> None:
+    """Run MLflow's schema migrations on a store whose migration was interrupted."""
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine
+
+    engine = create_sqlalchemy_engine(f"{SQLITE_PREFIX}{path}")
+    try:
+        with _quiet_migrations():
+            _upgrade_db(engine)
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager
@@ -519,7 +531,7 @@ def _repair_sqlite_store(path: Path, uri: str) -> None:
             return
         if not tables:
             path.unlink()  # an empty file: nothing to lose
-            _build_sqlite_store(path)
+            _build_sqlite_store(path, locked=True)
             return
         if "alembic_version" not in tables:
             raise StoreError(
@@ -537,6 +549,9 @@ def _repair_sqlite_store(path: Path, uri: str) -> None:
                 connection.close()
             log.warning("store %s: dropped %s left by an interrupted migration", shown, ", ".join(leftovers))
             tables -= set(leftovers)
+            if revision != _schema_revision():  # finish the interrupted migration
+                _finish_migration(path)
+                tables, revision = _sqlite_schema(path, uri, write=True)
         if _schema_ready(tables, revision):
             return
         raise StoreError(
