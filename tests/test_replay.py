@@ -158,7 +158,7 @@ def test_a_parent_run_is_not_replayable(tmp_path):
     out = run_cli(tmp_path, parent.info.run_id, module="xorexp.replay")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "has no xorexp params" in lines[0]
+    assert len(lines) == 1 and "is a sweep's parent run, not a training run" in lines[0]
 
 
 def _numbers(directory: Path, run_name: str) -> dict:

@@ -22,6 +22,7 @@ from xorexp.train import RULES, RunSpec, check_value
 
 RESULT_KEYS = tuple(RULES)  # the config values that shape a run's numbers
 INT_KEYS = ("hidden_units", "iterations", "seed", "trace_every")
+MAX_EXPERIMENT_NAME = 500  # MLflow's limit on an experiment name
 
 
 @dataclass
@@ -63,6 +64,11 @@ def check_tracking(cfg: DictConfig) -> None:
         raise ConfigError(f"invalid config: tracking.uri={uri!r}: must be null or a tracking URI")
     if not isinstance(experiment, str) or not experiment.strip():
         raise ConfigError(f"invalid config: tracking.experiment={experiment!r}: must be a non-empty name")
+    if len(experiment) > MAX_EXPERIMENT_NAME:
+        raise ConfigError(
+            f"invalid config: tracking.experiment: {len(experiment)} characters, "
+            f"MLflow allows at most {MAX_EXPERIMENT_NAME}"
+        )
 
 
 def sweep_overrides(cfg: DictConfig) -> list[Override]:

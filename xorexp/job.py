@@ -52,9 +52,10 @@ def handing_over(spec: RunSpec, handover: Handover) -> Iterator[None]:
 
 @functools.cache
 def store_for(uri: str | None, experiment: str, launch_dir: str) -> tracking.Store:
-    """The opened store of a job or sweep; an unusable one stops the command in one line."""
+    """The opened store of a job or sweep (created if new; runs of crashed writers marked KILLED);
+    an unusable one stops the command in one line (exit 2), before anything is created."""
     try:
-        return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment)
+        return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment, clean_stale=True)
     except tracking.StoreError as error:
         fail(error)
 
@@ -64,7 +65,7 @@ def job_store(cfg: DictConfig) -> tracking.Store:
 
 
 def job_tags(cfg: DictConfig) -> dict[str, str]:
-    tags = {tracking.TAG_OVERRIDES: " ".join(HydraConfig.get().overrides.task)}
+    tags = {tracking.TAG_OVERRIDES: tracking.redact(" ".join(HydraConfig.get().overrides.task))}
     if cfg.tracking.trial is not None:
         tags[tracking.TAG_TRIAL] = str(cfg.tracking.trial)
     return tags
@@ -132,7 +133,7 @@ def reuse_finished(store: tracking.Store, spec: RunSpec, record: JobRecord) -> f
 
 
 def _job_label(hc) -> str:
-    overrides = " ".join(hc.overrides.task)
+    overrides = tracking.redact(" ".join(hc.overrides.task))
     if hc.mode == RunMode.MULTIRUN:
         return f"job #{hc.job.num} ({overrides})"
     return f"the run ({overrides})" if overrides else "the run"
@@ -160,8 +161,6 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
     earlier = record.read() if multirun else None
     if earlier is not None and earlier.get("status") in TERMINAL:  # this job ran before, in a worker
         return earlier.get("final_loss", math.nan) if earlier["status"] == "FINISHED" else math.nan
-    if not multirun:
-        tracking.mark_stale_runs(store)  # runs left RUNNING by dead processes, any command cleans
     if cfg.tracking.skip_finished:
         reused = reuse_finished(store, spec, record)
         if reused is not None:

@@ -161,7 +161,9 @@ def process_command() -> str:
 
 def tags() -> dict[str, str]:
     """Provenance tags of a run."""
-    return {**environment_tags(), TAG_COMMAND: process_command()}
+    from xorexp.tracking import redact  # imported by now: tracking imports this module
+
+    return {**environment_tags(), TAG_COMMAND: redact(process_command())}
 
 
 def artifacts() -> dict[str, str]:

@@ -95,25 +95,32 @@ def _finite(values) -> list[float | None]:
     return [tracking.finite_or_none(float(v)) for v in np.asarray(values, dtype=np.float64).ravel()]
 
 
-def open_run(uri: str, run_id: str, experiment: str | None) -> tuple[tracking.Store, object]:
-    """The store holding the run, and the run; BadInput when either is missing."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise BadInput(f"no store at {uri}")
-    if uri.startswith(("http://", "https://")):
-        tracking.check_server(uri)  # one line, not minutes of retries
-    client = tracking.MlflowClient(tracking_uri=uri)
+def open_run(
+    uri: str, run_id: str, experiment: str | None, log_run: bool = False
+) -> tuple[tracking.Store, object]:
+    """The store holding the run, and the run; BadInput when either is missing.
+
+    Without ``log_run`` nothing is written: no store file, schema or experiment is created (the
+    store is opened in the run's own experiment; ``experiment`` only names where ``--log`` goes)."""
+    client = tracking.open_client(uri)
     try:
         run = client.get_run(run_id)
-    except Exception:
-        raise BadInput(f"no run {run_id!r} in {uri}") from None
-    if experiment is None:
-        experiment = client.get_experiment(run.info.experiment_id).name
+    except Exception as error:
+        problem = tracking.describe_store_error(error, uri)
+        raise BadInput(problem or f"no run {run_id!r} in {tracking.redact(uri)}") from None
+    if run.data.tags.get(tracking.TAG_ROLE) == "sweep":
+        raise BadInput(
+            f"run {run_id} is a sweep's parent run, not a training run: replay one of its child runs "
+            f"(python -m xorexp.report --run {run_id} lists its groups)"
+        )
     missing = [key for key in PARAM_KEYS if key not in run.data.params]
     if missing:
         raise BadInput(
             f"run {run_id} has no xorexp params ({', '.join(missing)} missing): not a training run"
         )
-    return tracking.open_store(uri, experiment), run
+    if experiment is None or not log_run:
+        experiment = client.get_experiment(run.info.experiment_id).name
+    return tracking.open_store(uri, experiment, create=log_run), run
 
 
 def environment_differences(recorded_tags: dict[str, str]) -> list[str]:
@@ -212,7 +219,7 @@ def log_replay(store: tracking.Store, run, result: RunResult) -> str:
 
 
 def replay(run_id: str, uri: str, experiment: str | None = None, log_run: bool = False) -> int:
-    store, run = open_run(uri, run_id, experiment)
+    store, run = open_run(uri, run_id, experiment, log_run)
     try:
         spec = tracking.spec_from_params(run.data.params)
     except (KeyError, ValueError) as error:
@@ -254,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return replay(args.run_id, uri, args.experiment, args.log)
     except (BadInput, tracking.StoreError) as error:
         print(f"xorexp.replay: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a store that fails midway (locked, full, server gone): one line
+        problem = tracking.describe_store_error(error, uri)
+        if problem is None:
+            raise
+        print(f"xorexp.replay: {problem}", file=sys.stderr)
         return 2
 
 

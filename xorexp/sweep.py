@@ -52,7 +52,7 @@ def preset_name(config: DictConfig) -> str | None:
 def sweep_name(config: DictConfig) -> str:
     """The parent run's name: the sweep preset, or the overrides, plus the time."""
     label = preset_name(config) or " ".join(config.hydra.overrides.task) or "sweep"
-    return f"{label[:80]} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    return f"{tracking.redact(label)[:80]} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
 def check_plugins(config: DictConfig) -> None:
@@ -88,7 +88,7 @@ def job_trace(record: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def resume_command() -> str:
     args = [arg for arg in sys.argv[1:] if not arg.startswith("tracking.skip_finished=")]
-    return shlex.join(["python", "-m", "xorexp", *args, "tracking.skip_finished=true"])
+    return tracking.redact(shlex.join(["python", "-m", "xorexp", *args, "tracking.skip_finished=true"]))
 
 
 class Sweep:
@@ -114,12 +114,9 @@ class Sweep:
             resources.enter_context(_claim(Path(config.hydra.sweep.dir)))
             # a new store is created and migrated here, once, never by concurrent jobs
             store = store_for(config.tracking.uri, config.tracking.experiment, config.hydra.runtime.cwd)
-            stale = tracking.mark_stale_runs(store)
-            if stale:
-                log.info("marked %d runs of crashed processes KILLED", len(stale))
             tags = {
                 tracking.TAG_SWEEP: preset_name(config) or "overrides",
-                tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
+                tracking.TAG_OVERRIDES: tracking.redact(" ".join(config.hydra.overrides.task)),
             }
             run_id = tracking.start_parent(store, sweep_name(config), tags)
             tracking.log_to_run(store, run_id, params=report.sweep_params(config))
