@@ -260,7 +260,7 @@ def test_groups_carry_stuck_counts_and_intervals_into_the_csv(records):
     assert (a["n_solved"], a["n_stuck"], a["n_diverged"]) == ("3", "1", "1")
     low, high = summary.wilson_interval(3, 5)
     assert (float(a["success_low"]), float(a["success_high"])) == (low, high)
-    assert rows["8", "1.0"]["success_low"] == "" and rows["8", "1.0"]["n_stuck"] == "0"  # no result
+    assert rows["8", "1"]["success_low"] == "" and rows["8", "1"]["n_stuck"] == "0"  # no result
 
 
 def png(fig) -> bytes:
