@@ -12,6 +12,7 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.path import Path
 from PIL import Image
 
 from tests.conftest import ROOT
@@ -240,7 +241,10 @@ def test_run_plotter_pixels_equal_the_figures_drawn_by_matplotlib(results, title
     for key in ("solved", "stuck", "diverged", "solved"):  # the last: every glyph now from the cache
         r = results[key]
         boundary = decode_rgba(plotter.decision_boundary_png(r.params, title))
-        np.testing.assert_array_equal(boundary, canvas_pixels(plots.decision_boundary(r.params, title)))
+        expected = plots.decision_boundary(r.params, title)
+        for points in expected.axes[0].collections[1:]:  # the scatters, back to matplotlib's own paths
+            points.set_paths([Path(p.vertices, p.codes) for p in points.get_paths()])
+        np.testing.assert_array_equal(boundary, canvas_pixels(expected))
         curve = decode_rgba(plotter.learning_curve_png(r.trace_steps, r.loss_trace, title, r.spec.iterations,
                                                        r.outcome))
         expected = plots.learning_curve(r.trace_steps, r.loss_trace, title, r.spec.iterations, r.outcome)
@@ -285,3 +289,14 @@ def test_glyph_cache_reuses_bitmaps_and_stays_bounded(results, monkeypatch):
     for text in ("bcdefgh", "ijklmnop", "qrstuvw"):
         plotter.learning_curve_png(r.trace_steps, r.loss_trace, text, r.spec.iterations, r.outcome)
         assert len(plotter._glyphs._bitmaps) <= 3 + len(text)
+
+
+def test_marker_path_extents_are_matplotlibs_computed_once():
+    circle = Path.unit_circle()
+    marker = plots._MarkerPath(circle)
+    scale = matplotlib.transforms.Affine2D().scale(4.7).translate(3, -2)
+    assert marker.get_extents(scale).bounds == circle.get_extents(scale).bounds
+    marker.get_extents(scale).set_points(np.zeros((2, 2)))  # callers get a copy
+    assert marker.get_extents(scale).bounds == circle.get_extents(scale).bounds
+    assert len(marker._extents) == 1
+    assert marker.get_extents().bounds == circle.get_extents().bounds

@@ -25,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, get_hinting_flag
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.path import Path
 from matplotlib.text import Text
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
@@ -166,6 +167,24 @@ def surface_values(params: np.ndarray, inputs: np.ndarray, budget: int = SURFACE
     return out
 
 
+class _MarkerPath(Path):
+    """A scatter marker's path whose extents under each affine transform are computed once: a
+    PathCollection asks for them on every draw (to choose Agg's marker blitting), ~0.3 ms through
+    a circle's Bézier curves. The path is read-only, so the extents never change."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path.vertices, path.codes, readonly=True)
+        self._extents: dict[bytes, Any] = {}
+
+    def get_extents(self, transform: Any = None, **kwargs: Any) -> Any:
+        if transform is None or kwargs or not transform.is_affine:
+            return super().get_extents(transform, **kwargs)
+        key = transform.get_matrix().tobytes()
+        if key not in self._extents:
+            self._extents[key] = super().get_extents(transform)
+        return self._extents[key].frozen()  # a copy: a Bbox is mutable
+
+
 class _DecisionBoundary:
     """Network output over the input square, a 0.5 contour, the four XOR points by target, a legend."""
 
@@ -191,6 +210,8 @@ class _DecisionBoundary:
             ax.scatter(X[0][Y[0] == t], X[1][Y[0] == t], c=color, edgecolors="k", s=90, zorder=3)
             for t, color in ((0, "tab:blue"), (1, "tab:red"))
         ]
+        for points in self.points:  # drawn every run: their marker's extents computed once
+            points.set_paths([_MarkerPath(path) for path in points.get_paths()])
         ax.set_xlim(_LOW, _HIGH)
         ax.set_ylim(_LOW, _HIGH)
         ax.set_xlabel("x1")
