@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from xorexp import nn
 from xorexp.chunks import render_run_plots
 from xorexp.data import X, Y
-from xorexp.plots import RunPlotter
+from xorexp.plots import RunPlotter, run_title
 from xorexp.train import RunResult, RunSpec, train
 
 LRS = (0.1, 0.5, 1.0, 5.0, 10.0)
@@ -171,15 +171,21 @@ def main() -> None:
             report(f"before: RunPlotter at {args.before}", before)
         new = ms_per_run(render_run_plots, results, args.repeats)
         report("new: chunks.render_run_plots (RunPlotter)", new)
-    plotter = RunPlotter()
+    plotter = RunPlotter()  # each plot alone, titled as render_run_plots titles it
+
+    def titled(r: RunResult, n: str) -> str:
+        return run_title(n, r.outcome, r.final_loss)
+
     curve = ms_per_run(
-        lambda r, n: plotter.learning_curve_png(r.trace_steps, r.loss_trace, n, r.spec.iterations),
+        lambda r, n: plotter.learning_curve_png(r.trace_steps, r.loss_trace, titled(r, n), r.spec.iterations,
+                                                r.outcome),
         results,
         args.repeats,
     )
-    boundary = ms_per_run(lambda r, n: plotter.decision_boundary_png(r.params, n), results, args.repeats)
-    report("  of which learning curve", curve)
-    report("  of which decision boundary", boundary)
+    boundary = ms_per_run(lambda r, n: plotter.decision_boundary_png(r.params, titled(r, n)), results,
+                          args.repeats)
+    report("  learning curve alone", curve)
+    report("  decision boundary alone", boundary)
     print(f"speed-up (best old / best new): {min(old) / min(new):.1f}x")
     if before_module is not None:
         print(f"new / before ({args.before}), best of each: {min(new) / min(before):.2f}")

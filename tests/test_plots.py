@@ -12,6 +12,7 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.path import Path
 from PIL import Image
 
 from tests.conftest import ROOT
@@ -218,3 +219,84 @@ def test_a_wide_network_surface_stays_within_a_memory_bound():
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB"
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(values, nn.forward(params[:, None], inputs)[0][:, 0])
+
+
+def canvas_pixels(figure: Figure) -> np.ndarray:
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba()).copy()
+
+
+def decode_rgba(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["h2-lr5-s3: solved, final loss 0.000513", "gypsy jQ_ WAVE Tj: diverged, final loss inf", "Ä é ² →"],
+)
+def test_run_plotter_pixels_equal_the_figures_drawn_by_matplotlib(results, title):
+    """The fast path (surface painted into the canvas, titles from cached glyph bitmaps, blitting)
+    gives the very pixels of the same Figure drawn whole by matplotlib (imshow "nearest", Text.draw)."""
+    plotter = plots.RunPlotter()
+    for key in ("solved", "stuck", "diverged", "solved"):  # the last: every glyph now from the cache
+        r = results[key]
+        boundary = decode_rgba(plotter.decision_boundary_png(r.params, title))
+        expected = plots.decision_boundary(r.params, title)
+        for points in expected.axes[0].collections[1:]:  # the scatters, back to matplotlib's own paths
+            points.set_paths([Path(p.vertices, p.codes) for p in points.get_paths()])
+        np.testing.assert_array_equal(boundary, canvas_pixels(expected))
+        curve = decode_rgba(plotter.learning_curve_png(r.trace_steps, r.loss_trace, title, r.spec.iterations,
+                                                       r.outcome))
+        expected = plots.learning_curve(r.trace_steps, r.loss_trace, title, r.spec.iterations, r.outcome)
+        np.testing.assert_array_equal(curve, canvas_pixels(expected))
+
+
+def test_the_surface_is_painted_one_cell_per_pixel_centre(results):
+    """Each pixel of the axes shows the colour of the grid cell under its centre (3.6 px per cell)."""
+    plotter = plots.RunPlotter()
+    boundary = plotter._boundary
+    r = results["solved"]
+    png = plotter.decision_boundary_png(r.params, "")
+    rows, columns, cells = boundary.pixels
+    assert (rows.stop - rows.start, columns.stop - columns.start) == (360, 360)
+    image = decode_rgba(png)[rows, columns]  # (360, 360, 4), top row first
+    surface = boundary.surface(r.params)  # (G, G), row 0 at the lowest x2
+    colours = boundary.image.to_rgba(surface, bytes=True)
+    grid = plots._GRID
+    checked = 0
+    for row in (5, 30, 120, 180, 240, 330, 354):  # from the top; markers sit at 60 and 300
+        for column in (5, 30, 120, 180, 240, 330, 354):
+            i = int((359 - row + 0.5) * grid / 360)  # the cell under the pixel's centre
+            j = int((column + 0.5) * grid / 360)
+            if abs(surface[i, j] - 0.5) < 0.3:  # the 0.5 contour may pass near: skip
+                continue
+            np.testing.assert_array_equal(image[row, column], colours[i, j], err_msg=str((row, column)))
+            checked += 1
+    assert checked >= 10
+    # cells shown as 3 or 4 pixels: 100 distinct cells along each side, none skipped
+    assert len(np.unique(cells[0])) == len(np.unique(cells[:, 0])) == plots._GRID
+
+
+def test_glyph_cache_reuses_bitmaps_and_stays_bounded(results, monkeypatch):
+    r = results["stuck"]
+    plotter = plots.RunPlotter()
+    plotter.learning_curve_png(r.trace_steps, r.loss_trace, "aaaa aaaa", r.spec.iterations, r.outcome)
+    held = len(plotter._glyphs._bitmaps)
+    assert 1 <= held <= 9  # 'a' and ' ' at a few 1/64-pixel offsets
+    plotter.learning_curve_png(r.trace_steps, r.loss_trace, "aaaa aaaa", r.spec.iterations, r.outcome)
+    assert len(plotter._glyphs._bitmaps) == held  # drawn again from the cache
+    monkeypatch.setattr(plots, "_MAX_GLYPHS", 3)
+    for text in ("bcdefgh", "ijklmnop", "qrstuvw"):
+        plotter.learning_curve_png(r.trace_steps, r.loss_trace, text, r.spec.iterations, r.outcome)
+        assert len(plotter._glyphs._bitmaps) <= 3 + len(text)
+
+
+def test_marker_path_extents_are_matplotlibs_computed_once():
+    circle = Path.unit_circle()
+    marker = plots._MarkerPath(circle)
+    scale = matplotlib.transforms.Affine2D().scale(4.7).translate(3, -2)
+    assert marker.get_extents(scale).bounds == circle.get_extents(scale).bounds
+    marker.get_extents(scale).set_points(np.zeros((2, 2)))  # callers get a copy
+    assert marker.get_extents(scale).bounds == circle.get_extents(scale).bounds
+    assert len(marker._extents) == 1
+    assert marker.get_extents().bounds == circle.get_extents().bounds

@@ -20,10 +20,13 @@ from typing import Any
 import contourpy
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colors as mcolors
+from matplotlib.backends.backend_agg import FigureCanvasAgg, get_hinting_flag
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.path import Path
+from matplotlib.text import Text
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
 from xorexp import nn, summary
@@ -43,6 +46,8 @@ _LOW, _HIGH = -0.25, 1.25  # the input square shown by the decision boundary
 _PNG_LEVEL = 1  # zlib level: fast; the "up" filter makes the images' flat areas compress well
 SURFACE_BUDGET = 1 << 20  # most array elements (8 MB of floats) per slice of the surface computation
 _MAX_BACKGROUNDS = 64  # learning-curve backgrounds kept per process, one per set of axis limits
+_MAX_LAYOUTS = 4  # title layouts kept per RunPlotter: the latest run's, for its second plot
+_MAX_GLYPHS = 20_000  # glyph bitmaps kept per RunPlotter (~0.1-0.3 kB each): characters x 64 offsets
 
 
 def _plain_log(axis: Any) -> None:
@@ -162,6 +167,24 @@ def surface_values(params: np.ndarray, inputs: np.ndarray, budget: int = SURFACE
     return out
 
 
+class _MarkerPath(Path):
+    """A scatter marker's path whose extents under each affine transform are computed once: a
+    PathCollection asks for them on every draw (to choose Agg's marker blitting), ~0.3 ms through
+    a circle's Bézier curves. The path is read-only, so the extents never change."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path.vertices, path.codes, readonly=True)
+        self._extents: dict[bytes, Any] = {}
+
+    def get_extents(self, transform: Any = None, **kwargs: Any) -> Any:
+        if transform is None or kwargs or not transform.is_affine:
+            return super().get_extents(transform, **kwargs)
+        key = transform.get_matrix().tobytes()
+        if key not in self._extents:
+            self._extents[key] = super().get_extents(transform)
+        return self._extents[key].frozen()  # a copy: a Bbox is mutable
+
+
 class _DecisionBoundary:
     """Network output over the input square, a 0.5 contour, the four XOR points by target, a legend."""
 
@@ -187,6 +210,8 @@ class _DecisionBoundary:
             ax.scatter(X[0][Y[0] == t], X[1][Y[0] == t], c=color, edgecolors="k", s=90, zorder=3)
             for t, color in ((0, "tab:blue"), (1, "tab:red"))
         ]
+        for points in self.points:  # drawn every run: their marker's extents computed once
+            points.set_paths([_MarkerPath(path) for path in points.get_paths()])
         ax.set_xlim(_LOW, _HIGH)
         ax.set_ylim(_LOW, _HIGH)
         ax.set_xlabel("x1")
@@ -206,17 +231,37 @@ class _DecisionBoundary:
         self.centres = centres
         gx, gy = np.meshgrid(centres, centres)  # (G, G): x1 varies along columns, x2 along rows
         self.inputs = np.stack([gx.ravel(), gy.ravel()])  # (2, G*G)
+        self.pixels = self._surface_pixels()
+
+    def _surface_pixels(self) -> tuple[slice, slice, np.ndarray] | None:
+        """Where the surface goes in the canvas buffer (rows from the top, columns) and, for each of
+        its pixels, the grid cell whose colour it shows (flat index into the (G, G) grid): the cell
+        under the pixel's centre, as matplotlib's "nearest" resampling picks it. None when the axes
+        do not sit on whole pixels (then the image artist draws the surface)."""
+        bounds = np.asarray(self.ax.bbox.bounds)  # left, bottom, width, height in pixels
+        if not np.allclose(bounds, np.round(bounds), atol=1e-6):
+            return None
+        left, bottom, width, height = (int(v) for v in np.round(bounds))
+        top = self.SIZE_PX[1] - bottom - height
+        column_cell = ((np.arange(width) + 0.5) * _GRID / width).astype(np.intp)  # (W,)
+        row_cell = ((np.arange(height)[::-1] + 0.5) * _GRID / height).astype(np.intp)  # (H,): top row first
+        cells = row_cell[:, None] * _GRID + column_cell[None, :]  # (H, W)
+        return slice(top, top + height), slice(left, left + width), cells
 
     def surface(self, params: np.ndarray) -> np.ndarray:
         """Network output at the cell centres, (G, G), row i at x2 = centres[i]; NaN where not finite."""
         return surface_values(params, self.inputs).reshape(_GRID, _GRID)
 
-    def update(self, params: np.ndarray, title: str, colour_here: bool = False) -> None:
-        """Show one run. ``colour_here``: hand the image RGBA bytes, coloured by the image's own norm
-        and colormap (NaN -> the "bad" grey), instead of values: ~0.02 ms here saves ~1.3 ms of
-        matplotlib's per-draw normalising; the Figure then holds colours, not values."""
+    def update(self, params: np.ndarray, title: str, colour_here: bool = False) -> np.ndarray:
+        """Show one run; returns the surface's colours, (G, G, 4) RGBA bytes (row 0 at the lowest x2).
+
+        ``colour_here``: colour the surface here by the image's own norm and colormap (NaN -> the
+        "bad" grey) and leave the image artist as it is: ``RunPlotter`` paints these colours into
+        the canvas itself. Otherwise the image artist gets the values, as a Figure needs them."""
         surface = self.surface(params)
-        self.image.set_data(self.image.to_rgba(surface, bytes=True) if colour_here else surface)
+        colours = self.image.to_rgba(surface, bytes=True)  # (G, G, 4)
+        if not colour_here:
+            self.image.set_data(surface)
         masked = np.ma.masked_invalid(surface)
         if masked.count() >= 4:
             gen = contourpy.contour_generator(self.centres, self.centres, masked, line_type="Separate")
@@ -224,18 +269,142 @@ class _DecisionBoundary:
         else:
             self.contour.set_segments([])
         self.title.set_text(title)
+        return colours
+
+    def paint_surface(self, colours: np.ndarray) -> bool:
+        """Write the surface's colours into the canvas at the axes' pixels, each pixel the colour of
+        the cell under its centre: what the image artist draws with "nearest" resampling (at ~1/40
+        of its cost), without resampling through matplotlib. False when the axes are not on whole
+        pixels (then the image artist must draw it)."""
+        if self.pixels is None:
+            return False
+        rows, columns, cells = self.pixels
+        canvas = np.asarray(self.figure.canvas.get_renderer().buffer_rgba())  # (H, W, 4), writable
+        flat = np.ascontiguousarray(colours, dtype=np.uint8).view(np.uint32).reshape(-1)  # (G*G,) RGBA
+        canvas[rows, columns] = flat[cells].view(np.uint8).reshape(*cells.shape, 4)
+        return True
 
     def data_artists(self) -> list[Any]:
-        return [self.image, self.contour, *self.points, *self.ax.spines.values(), self.title]
+        return [self.image, *self.overlay_artists()]
+
+    def overlay_artists(self) -> list[Any]:
+        """The data artists drawn over the surface, in drawing order."""
+        return [self.contour, *self.points, *self.ax.spines.values(), self.title]
 
 
-def _blit_png(figure: Figure, background: Any, artists: Sequence[Any]) -> bytes:
-    """Restore a background drawn without ``artists``, draw them over it, encode the canvas as PNG."""
-    canvas = figure.canvas
-    canvas.restore_region(background)
+class _GlyphCache:
+    """Draws a one-line title as matplotlib's Agg renderer does, glyph by glyph, keeping each
+    glyph's bitmap: FreeType rasterises a glyph the same at every position with the same 1/64-pixel
+    fraction, so a bitmap is reused, shifted by whole pixels, wherever that glyph lands on that
+    fraction again. Matplotlib renders every glyph of every title afresh (~2.5 ms of a ~40-character
+    title); with the cache a title costs its layout and one blend per glyph (~0.7 ms), and the
+    layout (glyphs and their offsets from the anchor) is kept for the run's other plot.
+
+    Only for a plain title (one line, no mathtext, left/baseline, not rotated, no clip, no path
+    effects, no box) with matplotlib's per-glyph Agg text drawing (matplotlib >= 3.11); any other
+    text, or another matplotlib, is drawn by the artist itself. Same pixels either way (tested).
+    """
+
+    def __init__(self) -> None:
+        self._bitmaps: dict[tuple[Any, ...], tuple[np.ndarray, int, int]] = {}
+        self._layouts: dict[tuple[Any, ...], Any] = {}  # the last titles' glyph positions
+
+    @staticmethod
+    def usable(renderer: Any, text: Text) -> bool:
+        string = text.get_text()
+        return (
+            hasattr(renderer, "_prepare_font")
+            and hasattr(getattr(renderer, "_renderer", None), "draw_text_image")
+            and string != ""
+            and "\n" not in string
+            and "$" not in string
+            and text.get_rotation() == 0
+            and text.get_horizontalalignment() == "left"
+            and text.get_verticalalignment() == "baseline"
+            and not text.get_usetex()
+            and not text.get_path_effects()
+            and text.get_bbox_patch() is None
+            and not (text.get_clip_on() and (text.get_clip_box() or text.get_clip_path()))
+        )
+
+    def draw(self, figure: Figure, text: Text) -> None:
+        """Draw ``text`` on ``figure``'s canvas (as ``figure.draw_artist(text)`` would)."""
+        renderer = figure.canvas.get_renderer()
+        font = renderer._prepare_font(text.get_fontproperties()) if self.usable(renderer, text) else None
+        if font is None or not hasattr(font, "_layout") or not hasattr(font, "_render_glyph"):
+            figure.draw_artist(text)
+            return
+        if not text.get_visible():
+            return
+        # a left/baseline line is drawn at its anchor whatever it says (Text._get_layout's offsets cancel)
+        x, y = text.get_transform().transform(text.get_unitless_position())
+        y = renderer.height - y  # Text.draw hands the renderer y downwards
+        gc = renderer.new_gc()
+        gc.set_foreground(mcolors.to_rgba(text.get_color()), isRGBA=True)
+        gc.set_alpha(text.get_alpha())
+        gc.set_antialiased(text.get_antialiased())
+        gc.set_snap(text.get_snap())
+        flags = get_hinting_flag()
+        size = text.get_fontproperties().get_size_in_points()
+        # both plots of a run carry the same title: its layout (~0.6 ms) is reused for the second
+        layout_key = (font, size, renderer.dpi, flags, text.get_text(), text.get_fontfeatures(),
+                      text.get_language())
+        items = self._layouts.get(layout_key)
+        if items is None:
+            items = font._layout(text.get_text(), flags=flags, features=text.get_fontfeatures(),
+                                 language=text.get_language())
+            if len(self._layouts) >= _MAX_LAYOUTS:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[layout_key] = items
+        antialiased = gc.get_antialiased()
+        if len(self._bitmaps) > _MAX_GLYPHS:
+            self._bitmaps.clear()
+        for item in items:
+            # the glyph's origin in FreeType's 1/64 pixels, y upwards (RendererAgg's rounding)
+            ox = round(0x40 * (x + item.x))
+            oy = round(0x40 * (renderer.height - y + item.y))
+            key = (item.ft_object, size, renderer.dpi, item.glyph_index, ox & 63, oy & 63, antialiased, flags)
+            cached = self._bitmaps.get(key)
+            if cached is None:
+                cached = self._render(item, size, renderer.dpi, ox, oy, flags, antialiased)
+                self._bitmaps[key] = cached
+            buffer, left, top = cached
+            bottom = int(renderer.height) - (top + (oy >> 6)) + buffer.shape[0]  # y downwards
+            renderer._renderer.draw_text_image(buffer, left + (ox >> 6), bottom, 0, gc)
+        gc.restore()
+
+    @staticmethod
+    def _render(
+        item: Any, size: float, dpi: float, ox: int, oy: int, flags: Any, antialiased: bool
+    ) -> tuple[np.ndarray, int, int]:
+        """The glyph's bitmap at origin (ox, oy), and its left/top relative to the origin's whole pixels."""
+        from matplotlib.ft2font import RenderMode
+
+        font = item.ft_object
+        font.set_size(size, dpi)
+        font._set_transform(np.array([[0x10000, 0], [0, 0x10000]]), [ox, oy])
+        bitmap = font._render_glyph(item.glyph_index, flags,
+                                    RenderMode.NORMAL if antialiased else RenderMode.MONO)
+        buffer = np.array(bitmap.buffer)  # own copy: the cache keeps it
+        if not antialiased:
+            buffer *= 0xFF
+        return buffer, bitmap.left - (ox >> 6), bitmap.top - (oy >> 6)
+
+
+def _draw_artists(figure: Figure, artists: Sequence[Any], glyphs: _GlyphCache) -> None:
+    """Draw ``artists`` over the canvas in order, titles through ``glyphs``."""
     for artist in artists:
-        figure.draw_artist(artist)
-    return _png(canvas)
+        if isinstance(artist, Text):
+            glyphs.draw(figure, artist)
+        else:
+            figure.draw_artist(artist)
+
+
+def _blit_png(figure: Figure, background: Any, artists: Sequence[Any], glyphs: _GlyphCache) -> bytes:
+    """Restore a background drawn without ``artists``, draw them over it, encode the canvas as PNG."""
+    figure.canvas.restore_region(background)
+    _draw_artists(figure, artists, glyphs)
+    return _png(figure.canvas)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -283,7 +452,11 @@ class RunPlotter:
     data artists are drawn over it: the decision boundary has one background; the learning curve
     one per set of axis limits (decade-snapped y, so a sweep needs few). A background depends only
     on its limits, never on earlier runs, so a run's PNG bytes are the same whatever was rendered
-    before it, in any process. Not for concurrent use from several threads (a lock serialises).
+    before it, in any process. The decision surface is painted into the canvas directly
+    (``_DecisionBoundary.paint_surface``) and titles are drawn from cached glyph bitmaps
+    (``_GlyphCache``): the pixels are exactly those of the Figure drawn whole by matplotlib (tested),
+    at about 0.85x the cost of the smaller figures of e6dfb8c (``benchmarks/bench_plots.py``).
+    Not for concurrent use from several threads (a lock serialises).
     """
 
     def __init__(self) -> None:
@@ -292,6 +465,7 @@ class RunPlotter:
         self._curve_backgrounds: dict[tuple[Any, ...], Any] = {}
         self._boundary = _DecisionBoundary()
         self._boundary_background: Any = None
+        self._glyphs = _GlyphCache()
 
     def learning_curve_png(
         self,
@@ -314,19 +488,27 @@ class RunPlotter:
                 background = self._curve_backgrounds[key] = _background(curve.figure, artists)
             for artist in artists:
                 artist.set_visible(True)
-            return _blit_png(curve.figure, background, artists)
+            return _blit_png(curve.figure, background, artists, self._glyphs)
 
     def decision_boundary_png(self, params: np.ndarray, title: str = "") -> bytes:
-        """PNG of ``decision_boundary``."""
+        """PNG of ``decision_boundary``: the background restored, the surface painted into the
+        canvas (``_DecisionBoundary.paint_surface``), the other data artists drawn over it."""
         with self._lock:
             boundary = self._boundary
-            boundary.update(params, title, colour_here=True)
+            colours = boundary.update(params, title, colour_here=True)
             artists = boundary.data_artists()
             if self._boundary_background is None:
                 self._boundary_background = _background(boundary.figure, artists)
             for artist in artists:
                 artist.set_visible(True)
-            return _blit_png(boundary.figure, self._boundary_background, artists)
+            canvas = boundary.figure.canvas
+            canvas.restore_region(self._boundary_background)
+            if boundary.paint_surface(colours):
+                artists = boundary.overlay_artists()
+            else:
+                boundary.image.set_data(colours)
+            _draw_artists(boundary.figure, artists, self._glyphs)
+            return _png(canvas)
 
 
 @functools.cache
