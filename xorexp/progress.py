@@ -56,11 +56,12 @@ def queue_sink(queue: Any) -> Sink:
 class SweepProgress:
     """Jobs done / total, solved, failed, elapsed and remaining time: one line rewritten in place.
 
-    The remaining time comes from a smoothed estimate of the sweep's total time, so it does not
-    swing when jobs end in bursts (a worker logs a trained chunk's jobs one after the other).
+    The remaining time is the pace since the first job ended (start-up and the first chunk's
+    training are not a pace), shown from 5 % of the jobs on, and smoothed as a predicted end time so
+    it does not swing when jobs end in bursts (a worker logs a trained chunk's jobs one after another).
     """
 
-    SMOOTHING = 0.15  # weight of the newest estimate of the total time
+    SMOOTHING = 0.15  # weight of the newest prediction of the end
     MAX_MESSAGES = 10  # failure lines printed; the rest are counted (the summary lists every failed run)
 
     def __init__(self, total: int | None, stream=None) -> None:
@@ -69,7 +70,8 @@ class SweepProgress:
         self.start = time.monotonic()
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty()
-        self.estimate: float | None = None  # of the whole sweep's seconds
+        self.first: float | None = None  # when the first job ended
+        self.end: float | None = None  # predicted end (time.monotonic())
         self.lock = threading.Lock()
         self.shown = False
         self.messages = 0
@@ -80,10 +82,11 @@ class SweepProgress:
             self.done += 1
             self.solved += outcome == "solved"
             self.failed += bool(failed)
-            if self.total and self.done:
-                guess = (time.monotonic() - self.start) / self.done * self.total
-                old = self.estimate
-                self.estimate = guess if old is None else old + self.SMOOTHING * (guess - old)
+            now = time.monotonic()
+            self.first = self.first if self.first is not None else now
+            if self.total and self.done >= max(3, self.total / 20):
+                guess = now + (now - self.first) / (self.done - 1) * (self.total - self.done)
+                self.end = guess if self.end is None else self.end + self.SMOOTHING * (guess - self.end)
             if message:
                 self.messages += 1
                 if self.messages <= self.MAX_MESSAGES:
@@ -94,8 +97,8 @@ class SweepProgress:
         elapsed = time.monotonic() - self.start
         of = f"/{self.total}" if self.total else ""
         remaining = ""
-        if self.estimate is not None and self.total and self.done < self.total:
-            remaining = f", ~{_clock(self.estimate - elapsed)} left"
+        if self.end is not None and self.total and self.done < self.total:
+            remaining = f", ~{_clock(self.end - time.monotonic())} left"
         failed = f", {self.failed} failed" if self.failed else ""
         counts = f"{self.done}{of} jobs, {self.solved} solved{failed}"
         return f"[xorexp] {counts}, {_clock(elapsed)} elapsed{remaining}"
