@@ -116,6 +116,7 @@ def test_sweep_description_table_links_best_runs():
     assert [(r[col("solved")], r[col("stuck")], r[col("diverged")]) for r in rows] == [("1", "1", "0"),
                                                                                          ("0", "1", "1")]
     assert rows[1][col("best run")] == "[b1](#/experiments/7/runs/b1?workflowType=machine_learning)"
+    assert [r[col("95 % interval")] for r in rows] == ["[0.09, 0.91]", "[0.00, 0.66]"]  # Wilson, 1/2 and 0/2
 
 
 # --- a real sweep, the report CLI and the store ----------------------------------------------------

@@ -222,14 +222,14 @@ def _group_value(group: summary.GroupSummary, key: str) -> str:
     return group.params[key] and _value_text(key, group.value(key))
 
 
-def _stuck(group: summary.GroupSummary) -> int:
-    """Seeds that ended finite but unsolved (summary may carry it as ``n_stuck``)."""
-    n_stuck = getattr(group, "n_stuck", None)
-    return int(n_stuck) if n_stuck is not None else group.n_seeds - group.n_solved - group.n_diverged
-
-
 def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _interval(group: summary.GroupSummary) -> str:
+    if group.success_low is None or group.success_high is None:
+        return "-"
+    return f"[{group.success_low:.2f}, {group.success_high:.2f}]"
 
 
 def sweep_description(experiment_id: str, groups: Sequence[summary.GroupSummary]) -> str:
@@ -241,7 +241,7 @@ def sweep_description(experiment_id: str, groups: Sequence[summary.GroupSummary]
     param_cols = ["hidden_units", "lr", "iterations"] + [
         k for k in ("stop_loss", "trace_every") if k in vary
     ]
-    header = [*param_cols, "seeds", "solved", "stuck", "diverged", "failed", "success",
+    header = [*param_cols, "seeds", "solved", "stuck", "diverged", "failed", "success", "95 % interval",
               "loss median", "median solved_at", "best run"]
     lines = []
     best = groups[0]
@@ -265,10 +265,11 @@ def sweep_description(experiment_id: str, groups: Sequence[summary.GroupSummary]
             *(_group_value(group, k) for k in param_cols),
             str(group.n_seeds),
             str(group.n_solved),
-            str(_stuck(group)),
+            str(group.n_stuck),
             str(group.n_diverged),
             str(group.n_failed),
             _cell(group.success_rate, ".0%"),
+            _interval(group),
             _cell(group.final_loss_median, ".4g"),
             _cell(group.solved_at_median, ".0f"),
             link,
