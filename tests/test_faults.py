@@ -20,8 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
-from tests.conftest import ROOT, run_cli, runs_of
+from tests.conftest import ROOT, run_cli, runs_of, store_uri
 from tests.test_tracking_server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -338,3 +339,15 @@ def test_a_killed_tracking_server_stops_the_sweep_and_the_ui_reads_without_error
     assert status == 1 and seconds < 40, (status, seconds)
     lines = error_lines((tmp_path / "stderr.txt").read_text())
     assert len(lines) == 1 and server.uri in lines[0] and "Traceback" not in lines[0], lines
+
+
+def test_a_sweep_into_a_deleted_experiment_stops_in_one_line(tmp_path):
+    assert run_cli(tmp_path, "iterations=10").returncode == 0
+    client = MlflowClient(store_uri(tmp_path))
+    client.delete_experiment(client.get_experiment_by_name("xorexp").experiment_id)
+    proc = run_cli(tmp_path, "-m", "seed=0,1", "iterations=100", f"hydra.sweep.dir={tmp_path}/m")
+    assert proc.returncode == 2
+    [line] = error_lines(proc.stderr)
+    assert line.startswith("xorexp: experiment 'xorexp' of ") and "was deleted in MLflow: restore it" in line
+    runs = client.search_runs([client.get_experiment_by_name("xorexp").experiment_id], run_view_type=3)
+    assert len(runs) == 1  # the first command's run only: no parent, no job
