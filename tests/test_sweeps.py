@@ -142,12 +142,13 @@ def test_a_failing_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path):
     assert failed.info.run_id in proc.stdout  # the summary lists the failed job
 
 
-def test_progress_shows_on_a_terminal_only(tmp_path):
+def on_a_terminal(tmp_path, *args: str, stdout_too: bool = False) -> tuple[int, str]:
+    """The CLI with stderr (and stdout) on a pseudo-terminal; its exit status and what the terminal got."""
     master, slave = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "xorexp", "-m", "seed=0,1,2", "iterations=200",
-                             f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "xorexp", *args], cwd=tmp_path, env=env,
+                            stdout=slave if stdout_too else subprocess.DEVNULL, stderr=slave,
+                            stdin=subprocess.DEVNULL)
     os.close(slave)
     output = io.BytesIO()
     while True:
@@ -158,31 +159,22 @@ def test_progress_shows_on_a_terminal_only(tmp_path):
         if not chunk:
             break
         output.write(chunk)
-    assert proc.wait(timeout=120) == 0
-    text = output.getvalue().decode()
+    return proc.wait(timeout=180), output.getvalue().decode()
+
+
+def test_progress_shows_on_a_terminal_only(tmp_path):
+    status, text = on_a_terminal(tmp_path, "-m", "seed=0,1,2", "iterations=200",
+                                 f"hydra.sweep.dir={tmp_path}/multirun")
+    assert status == 0
     assert "[xorexp] 3/3 jobs" in text
     quiet = run_cli(tmp_path, "-m", "seed=0,1", "iterations=200", f"hydra.sweep.dir={tmp_path}/m2")
     assert quiet.returncode == 0 and "[xorexp]" not in quiet.stderr + quiet.stdout
 
 
 def test_one_progress_line_for_a_sweep_on_workers(tmp_path):
-    master, slave = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "xorexp", "-m", "seed=range(0,24)", "iterations=200",
-                             f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, env=env,
-                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL)
-    os.close(slave)
-    output = io.BytesIO()
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output.write(chunk)
-    assert proc.wait(timeout=180) == 0
-    text = output.getvalue().decode()
+    status, text = on_a_terminal(tmp_path, "-m", "seed=range(0,24)", "iterations=200",
+                                 f"hydra.sweep.dir={tmp_path}/multirun", stdout_too=True)
+    assert status == 0
     counts = [int(n) for n in re.findall(r"\[xorexp\] (\d+)/24 jobs", text)]
     assert counts and counts == sorted(counts) and counts[-1] == 24  # one counter for the whole sweep
     assert "final_loss" not in text  # the jobs' own log lines stay in their log files

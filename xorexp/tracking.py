@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,13 +74,18 @@ def config_hash(spec: RunSpec) -> str:
 
 
 def _hash_params(spec: RunSpec) -> dict[str, str]:
+    return _params_written(spec, lambda value: repr(float(value)))
+
+
+def _params_written(spec: RunSpec, real: Callable[[float], str]) -> dict[str, str]:
+    """The six params as text; ``real`` writes the float ones (lr, stop_loss)."""
     return {
         "hidden_units": str(spec.hidden_units),
-        "lr": repr(float(spec.lr)),
+        "lr": real(spec.lr),
         "iterations": str(spec.iterations),
         "seed": str(spec.seed),
         "trace_every": str(spec.trace_every),
-        "stop_loss": "null" if spec.stop_loss is None else repr(float(spec.stop_loss)),
+        "stop_loss": "null" if spec.stop_loss is None else real(spec.stop_loss),
     }
 
 
@@ -98,14 +103,7 @@ def param_text(value: int | float) -> str:
 def result_params(spec: RunSpec) -> dict[str, str]:
     """The run's result-shaping values as MLflow params, written as typed (``lr=1`` -> ``1``);
     each parses back (``float``/``int``) to exactly the value trained with."""
-    return {
-        "hidden_units": str(spec.hidden_units),
-        "lr": param_text(float(spec.lr)),
-        "iterations": str(spec.iterations),
-        "seed": str(spec.seed),
-        "trace_every": str(spec.trace_every),
-        "stop_loss": "null" if spec.stop_loss is None else param_text(float(spec.stop_loss)),
-    }
+    return _params_written(spec, lambda value: param_text(float(value)))
 
 
 def _params(spec: RunSpec) -> list[Param]:
