@@ -147,9 +147,9 @@ class Sweep:
         jobs = self.records()
         reused = [job["run_id"] for job in jobs if job.get("reused")]
         traces = {job["run_id"]: job_trace(job) for job in jobs if "loss_trace" in job}
-        lost = 0 if self.total is None or self.config.hydra.sweeper.get("n_trials") is not None else (
-            max(0, self.total - len(jobs))
-        )
+        lost = 0  # a grid's jobs that left no record at all (a search sweeper may stop early: not counted)
+        if self.total is not None and self.config.hydra.sweeper.get("n_trials") is None:
+            lost = max(0, self.total - len(jobs))
         try:
             failed = report.finish_sweep(self.store, self.parent.run_id, reused, traces, lost=lost)
         except Exception as error:
@@ -169,17 +169,20 @@ class Sweep:
         interrupted = isinstance(error, KeyboardInterrupt)
         status = "KILLED" if interrupted else "FAILED"
         self.progress.close()
-        done = len(self.records())
+        done = sum(record.get("status") in ("FINISHED", "FAILED") for record in self.records())
         ended = None
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a dead server: one try per call, not minutes
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
         try:
-            ended = 0
-            for run in tracking.sweep_children(self.store, self.parent.run_id):
-                if run.info.status == "RUNNING":
-                    tracking.finish_run(self.store, run.info.run_id, status)
-                    ended += 1
+            running = [
+                run.info.run_id
+                for run in tracking.sweep_children(self.store, self.parent.run_id)
+                if run.info.status == "RUNNING"
+            ]
+            for run_id in running:
+                tracking.finish_run(self.store, run_id, status)
             tracking.finish_run(self.store, self.parent.run_id, status)
+            ended = len(running)
         except Exception:
             log.warning("could not end the sweep's runs", exc_info=True)
         self._close()
