@@ -6,7 +6,8 @@ commas); a chunk of runs that holds SEED then meets the fault:
 - ``die``: a worker process dies on the spot (as an out-of-memory kill would); no effect outside workers;
 - ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
 - ``plot``: rendering the run's plots raises (in whichever process renders them);
-- ``summary:0``: the sweep's summary at its end raises.
+- ``summary:0``: the sweep's summary at its end raises;
+- ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
 """
 
 import multiprocessing
@@ -14,6 +15,11 @@ import os
 import time
 
 _faults = [item.partition(":") for item in os.environ.get("XOREXP_FAULT", "").split(",") if item]
+if any(kind == "nodriver" for kind, _, _ in _faults):  # as if no PostgreSQL driver were installed
+    import sys
+
+    sys.modules["psycopg2"] = sys.modules["psycopg"] = None  # importing either raises ImportError
+    _faults = [fault for fault in _faults if fault[0] != "nodriver"]
 if _faults:
     import xorexp.chunks as _chunks
 
