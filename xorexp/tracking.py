@@ -752,6 +752,10 @@ def _open_experiment(uri: str, experiment: str, *, create: bool) -> Store:
     path = sqlite_path(uri) if store_kind(uri) == "sqlite" else None
     if path is not None:
         artifact_location = (path.parent / ARTIFACTS_DIR / _safe_name(experiment)).as_uri()
+    elif store_kind(uri) == "database":
+        # no server to hold artifacts: they go to mlartifacts/<experiment> of the directory the
+        # experiment is created from (the launch dir), as with sqlite, not MLflow's ./mlruns/<id>
+        artifact_location = (Path.cwd().resolve() / ARTIFACTS_DIR / _safe_name(experiment)).as_uri()
     try:
         experiment_id = client.create_experiment(
             experiment, artifact_location=artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
