@@ -119,10 +119,11 @@ def start_postgres(*, fsync: bool = True) -> PostgresServer:
     options = f"-k {root / 'sock'} -p {server.port} -c listen_addresses=127.0.0.1"
     if not fsync:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    started = server._run(str(bin_dir / "pg_ctl"), "start", "-D", str(root / "data"), "-l",
-                          str(root / "server.log"), "-w", "-t", str(START_TIMEOUT_S), "-o", options, check=False)
+    log_file = root / "server.log"
+    started = server._run(str(bin_dir / "pg_ctl"), "start", "-D", str(root / "data"), "-l", str(log_file),
+                          "-w", "-t", str(START_TIMEOUT_S), "-o", options, check=False)
     if started.returncode != 0:
-        log = (root / "server.log").read_text(errors="replace")[-2000:] if (root / "server.log").exists() else ""
+        log = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
         server.stop()
         raise RuntimeError(f"pg_ctl start failed ({started.returncode}): {started.stderr}\n{log}")
     return server
