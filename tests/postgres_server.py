@@ -68,17 +68,17 @@ class PostgresServer:
         pid = self.postmaster_pid()
         self._run(str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.root / "data"), "-m", "fast", "-w",
                   "-t", "30", check=False)
-        if pid is not None and _alive(pid):
+        if pid is not None and alive(pid):
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        if pid is not None and _alive(pid):
+        if pid is not None and alive(pid):
             raise RuntimeError(f"PostgreSQL postmaster {pid} still running")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
