@@ -131,7 +131,9 @@ BAD_TRACKING = {
     "garbage": ["tracking.uri=garbage"],
     "file store": ["tracking.uri=file:./mlruns"],
     "databricks without credentials": ["tracking.uri=databricks"],
+    # pg8000: a driver SQLAlchemy knows that no extra installs (the postgres extra brings psycopg)
     "postgresql without driver": [f"tracking.uri=postgresql://bob:{PASSWORD}@127.0.0.1:5/db"],
+    "postgresql server down": ["tracking.uri=postgresql://bob:{PASSWORD}@127.0.0.1:{port}/db"],
     "dead server with password": ["tracking.uri=http://bob:{PASSWORD}@127.0.0.1:{port}"],
     "experiment name of 501 characters": ["tracking.experiment=" + "e" * 501],
 }

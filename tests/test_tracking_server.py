@@ -56,15 +56,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(root: Path) -> Server:
-    """``mlflow server`` on 127.0.0.1 at a free port; returns once ``/health`` answers."""
+def start_server(root: Path, *, backend: str | None = None, workers: int = 1) -> Server:
+    """``mlflow server`` on 127.0.0.1 at a free port; returns once ``/health`` answers.
+
+    ``backend``: its backend store URI (default ``sqlite:///<root>/server.db``); artifacts always go
+    to ``<root>/artifacts``, served by the server."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [
-        sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1",
-        "--port", str(port), "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        sys.executable, "-m", "mlflow", "server", "--workers", str(workers), "--host", "127.0.0.1",
+        "--port", str(port), "--backend-store-uri", backend or f"sqlite:///{root / 'server.db'}",
         "--artifacts-destination", str(root / "artifacts"),
     ]
     log = open(root / "server.log", "wb")  # noqa: SIM115 (closed with the process)

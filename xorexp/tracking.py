@@ -340,8 +340,9 @@ def _network_cause(error: BaseException, uri: str) -> str:
     return type(_chain(error)[-1]).__name__
 
 
-def _check_database(uri: str) -> None:
-    """A database URI needs its Python driver and a server that accepts connections."""
+def _check_database(uri: str) -> set[str]:
+    """A database URI needs its Python driver and a server that accepts connections; returns the
+    database's tables."""
     from sqlalchemy.engine import make_url
 
     shown = redact(uri)
@@ -366,6 +367,31 @@ def _check_database(uri: str) -> None:
                 f"database server of {shown} does not answer at {url.host}:{port} "
                 f"({error.strerror or error}): start it or fix tracking.uri"
             ) from None
+    return _try_connect(url, uri)
+
+
+def _try_connect(url, uri: str) -> set[str]:
+    """One connection to the database, with a timeout: a database that does not exist or refuses the
+    user fails here in one line, not after MLflow's ~100 s of connection retries. Returns its tables."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.pool import NullPool
+
+    timeout = {"connect_timeout": int(SERVER_TIMEOUT_S)} if url.get_backend_name() == "postgresql" else {}
+    try:
+        engine = create_engine(url, poolclass=NullPool, connect_args=timeout)
+        try:
+            with engine.connect() as connection:
+                return set(inspect(connection).get_table_names())
+        finally:
+            engine.dispose()
+    except Exception as error:
+        text = " ".join(str(getattr(error, "orig", None) or error).split())
+        found = re.search(r"FATAL:\s*(.*)", text)
+        cause = _scrub(found.group(1) if found else text.split(" (Background on", 1)[0], uri)
+        raise StoreError(
+            f"database {redact(uri)} refuses the connection ({cause}): create the database, or fix the "
+            "user, password or database name in tracking.uri"
+        ) from None
 
 
 def _os_cause(error: OSError) -> str:
@@ -690,7 +716,12 @@ def check_store(uri: str, *, create: bool = True, experiment: str = "Default") -
         # reports what it raises in one line (describe_store_error), the log would bury that line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if kind == "database":
-        _check_database(uri)
+        tables = _check_database(uri)
+        if not create and "experiments" not in tables:  # MLflow would create its schema there
+            raise StoreError(
+                f"no store at {redact(uri)} (the database has no MLflow tables): run a command that logs "
+                "runs there first, or fix the store URI"
+            )
     elif kind == "sqlite":
         _wait_when_busy()
         _prepare_sqlite(uri, create=create)
@@ -750,6 +781,10 @@ def _open_experiment(uri: str, experiment: str, *, create: bool) -> Store:
     path = sqlite_path(uri) if store_kind(uri) == "sqlite" else None
     if path is not None:
         artifact_location = (path.parent / ARTIFACTS_DIR / _safe_name(experiment)).as_uri()
+    elif store_kind(uri) == "database":
+        # no server to hold artifacts: they go to mlartifacts/<experiment> of the directory the
+        # experiment is created from (the launch dir), as with sqlite, not MLflow's ./mlruns/<id>
+        artifact_location = (Path.cwd().resolve() / ARTIFACTS_DIR / _safe_name(experiment)).as_uri()
     try:
         experiment_id = client.create_experiment(
             experiment, artifact_location=artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
