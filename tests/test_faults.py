@@ -187,6 +187,10 @@ def test_two_sweeps_started_together_keep_their_own_runs(tmp_path):
         lr = parent.data.tags["xorexp.overrides"].split()[0].split("=")[1]
         assert len(children) == 20 and {c.data.params["lr"] for c in children} == {lr}
         assert parent.data.metrics["runs"] == 20
+        client = MlflowClient(store_uri(tmp_path))
+        for child in children:  # its job's own Hydra files, not the other sweep's
+            local = client.download_artifacts(child.info.run_id, ".hydra/overrides.yaml", str(tmp_path))
+            assert f"lr={lr}" in Path(local).read_text()
     sweep_dirs = {p.parent for p in (tmp_path / "multirun").rglob("xorexp_parent_run.json")}
     assert len(sweep_dirs) == 2
 
