@@ -1,0 +1,139 @@
+"""A big sweep end to end: wall time, peak memory of every process, and whether the store is complete.
+
+    nice python benchmarks/bench_big_sweep.py [--seeds 1000] [--iterations 10000] [--keep DIR]
+
+Runs ``python -m xorexp -m lr=<10 values> seed=range(0,N) iterations=I`` (10,000 runs by default, the
+vectorized launcher, full tracking) into a fresh sqlite store in a temp dir. Meanwhile it polls every
+~0.5 s the command's process tree (/proc/<pid>/status, VmHWM: the peak resident set so far) and keeps
+the largest value seen per pid. Then it prints the wall time, each process's peak RSS (launching
+process, workers, others) and checks the store: FINISHED child runs, params and metrics per run, loss
+points. Prints figures; asserts nothing (a missing run is reported, not raised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LRS = "0.01,0.02,0.05,0.1,0.2,0.5,1,2,5,10"
+POLL_S = 0.5
+
+
+def children_of(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc: each process's parent)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def role_of(pid: int, root: int) -> str:
+    if pid == root:
+        return "launching process"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    if "multiprocessing.spawn" in cmdline:
+        return "worker"
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    return cmdline[:60].strip() or "?"
+
+
+def check_store(db: Path, expected: int, iterations: int) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        children = [row[0] for row in conn.execute(
+            "select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'")]
+        statuses = dict(conn.execute("select status, count(*) from runs group by status").fetchall())
+        params = conn.execute(
+            "select min(n), max(n) from (select count(*) n from params group by run_uuid "
+            "having run_uuid in (select run_uuid from tags where key = 'mlflow.parentRunId'))").fetchone()
+        metrics = conn.execute(
+            "select min(n), max(n) from (select count(*) n from latest_metrics group by run_uuid "
+            "having run_uuid in (select run_uuid from tags where key = 'mlflow.parentRunId'))").fetchone()
+        loss = conn.execute(
+            "select min(n), max(n), sum(n) from (select count(*) n from metrics where key = 'loss' "
+            "group by run_uuid)").fetchone()
+        parent = conn.execute(
+            "select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'xorexp.role' and t.value = 'sweep'").fetchall()
+    trace = iterations // 100
+    return [
+        f"FINISHED child runs: {len(children)} of {expected}; runs by status: {statuses}; "
+        f"parent: {[p[0] for p in parent]}",
+        f"params per child run: {params[0]}..{params[1]} (6 expected); latest metrics per child run: "
+        f"{metrics[0]}..{metrics[1]} (4, or 5 when solved)",
+        f"loss points per run: {loss[0]}..{loss[1]} (up to {trace}: fewer only when a run diverged), "
+        f"{loss[2]} in all",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=1000, help="seeds per lr (10 lrs)")
+    parser.add_argument("--iterations", type=int, default=10000)
+    parser.add_argument("--keep", type=Path, help="run in this (new) directory and keep it")
+    args = parser.parse_args()
+    n_runs = 10 * args.seeds
+    command = [sys.executable, "-m", "xorexp", "-m", f"lr={LRS}", f"seed=range(0,{args.seeds})",
+               f"iterations={args.iterations}"]
+    with tempfile.TemporaryDirectory(prefix="bench-big-sweep-") as tmp:
+        where = args.keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        peaks: dict[int, tuple[str, int]] = {}
+        start = time.perf_counter()
+        with open(where / "bench.stdout", "wb") as out, open(where / "bench.stderr", "wb") as err:
+            proc = subprocess.Popen(command, cwd=where, env=env, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL)
+            while proc.poll() is None:
+                for pid in [proc.pid, *children_of(proc.pid)]:
+                    rss = peak_rss_kb(pid)
+                    if rss is not None and rss > peaks.get(pid, ("", 0))[1]:
+                        role = peaks[pid][0] if pid in peaks else role_of(pid, proc.pid)
+                        peaks[pid] = (role, rss)
+                time.sleep(POLL_S)
+        wall = time.perf_counter() - start
+        print(f"{n_runs}-run sweep ({args.iterations} iterations): {wall:.1f} s wall "
+              f"({1000 * wall / n_runs:.1f} ms per run), exit status {proc.returncode}")
+        if proc.returncode != 0:
+            print((where / "bench.stderr").read_text()[-2000:])
+        print("peak RSS (VmHWM) per process:")
+        for pid, (role, rss) in sorted(peaks.items(), key=lambda item: (item[1][0], item[0])):
+            print(f"  {role:<20} pid {pid:>7}: {rss / 1024:7.1f} MiB")
+        for line in check_store(where / "mlflow.db", n_runs, args.iterations):
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
