@@ -1,10 +1,17 @@
-"""Wall time of a sweep against a real ``mlflow server`` vs the embedded sqlite store.
+"""Wall time of a sweep against a real ``mlflow server`` vs the embedded sqlite store, and with latency.
 
     python benchmarks/bench_tracking_server.py [--seeds 100] [--iterations 2000] [--repeats 2]
+                                               [--latencies 0,20,100] [--latency-runs 32]
 
 Starts ``mlflow server`` on 127.0.0.1 (sqlite backend, artifacts served by the server) in a temp dir,
-runs ``python -m xorexp -m seed=range(0,N) iterations=I`` against it and into a fresh local sqlite
-store, alternating, and prints each wall time and the ratio. Asserts nothing.
+1. runs ``python -m xorexp -m seed=range(0,N) iterations=I`` against it and into a fresh local sqlite
+   store, alternating, and prints each wall time and the ratio (``--repeats 0`` skips this part);
+2. a far-away server: the same server behind a loopback proxy (``tests.test_tracking_server.Proxy``,
+   127.0.0.1 only) that delays every request by 0, 20 and 100 ms; a sweep of ``--latency-runs`` runs
+   (2 lr x seeds, 2 workers) goes through it at each latency. Prints a table: latency -> wall time,
+   seconds per run, what each ms of latency adds per run, and the requests the proxy saw per run (all
+   of the sweep's requests divided by its runs, and by kind).
+The server and the proxy are stopped at the end. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_tracking_server import start_server, stop_server  # noqa: E402
+from tests.test_tracking_server import Proxy, start_server, stop_server  # noqa: E402
 
 
 def sweep(cwd: Path, *args: str) -> tuple[float, int]:
@@ -38,11 +45,39 @@ def sweep(cwd: Path, *args: str) -> tuple[float, int]:
     return elapsed, len(proc.stdout.splitlines())
 
 
+def latency_table(upstream: str, root: Path, latencies_ms: list[float], args) -> None:
+    seeds = max(8, args.latency_runs // 2)  # a sweep of 16 runs or more goes to the worker processes
+    n_runs = 2 * seeds
+    grid = ["-m", "lr=0.5,3", f"seed=range(0,{seeds})", f"iterations={args.iterations}",
+            "hydra.launcher.n_jobs=2"]
+    rows = []
+    for ms in latencies_ms:
+        proxy = Proxy(upstream, latency=ms / 1000)
+        try:
+            seconds, _ = sweep(root / f"latency-{ms:g}", *grid, f"tracking.uri={proxy.uri}",
+                               f"tracking.experiment=latency-{ms:g}")
+        finally:
+            proxy.close()
+        rows.append((ms, seconds, proxy.total(), dict(proxy.counts)))
+        print(f"latency {ms:5g} ms: {n_runs} runs in {seconds:6.2f} s, {proxy.total()} requests")
+    print(f"\n{n_runs}-run sweep (2 workers, {args.iterations} iterations) through a proxy adding latency:")
+    print(f"{'latency':>9} {'wall s':>8} {'s per run':>10} {'added s per run':>16} {'requests per run':>17}")
+    base = rows[0][1]
+    for ms, seconds, total, _ in rows:
+        print(f"{ms:>6g} ms {seconds:8.2f} {seconds / n_runs:10.3f} {(seconds - base) / n_runs:16.3f} "
+              f"{total / n_runs:17.1f}")
+    print("requests per run by kind (at the last latency):")
+    for (method, kind), count in sorted(rows[-1][3].items(), key=lambda item: -item[1]):
+        print(f"  {count / n_runs:6.2f}  {method:<5} {kind}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--latencies", default="0,20,100", help="ms added to each request, comma-separated")
+    parser.add_argument("--latency-runs", type=int, default=32, help="runs of each sweep through the proxy")
     args = parser.parse_args()
     grid = ["-m", f"seed=range(0,{args.seeds})", f"iterations={args.iterations}"]
     times: dict[str, list[float]] = {"local sqlite": [], "server": []}
@@ -60,8 +95,11 @@ def main() -> None:
                                        "tracking.experiment=bench-" + str(i))
                 times["server"].append(seconds)
                 print(f"server        #{i}: {seconds:6.2f} s ({lines} stdout lines)")
+            latency_table(server.uri, root, [float(ms) for ms in args.latencies.split(",")], args)
         finally:
             stop_server(server)
+    if not args.repeats:
+        return
     local, remote = statistics.median(times["local sqlite"]), statistics.median(times["server"])
     print(f"{args.seeds}-run sweep, {args.iterations} iterations: local sqlite {local:.2f} s, "
           f"server {remote:.2f} s (median of {args.repeats}); server/local = {remote / local:.2f}")

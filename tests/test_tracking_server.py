@@ -13,9 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from http.client import HTTPConnection
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow
@@ -131,6 +136,95 @@ def stop_server(server: Server) -> None:
         server.process.wait(timeout=10)
     left = group_members(server.pgid)
     assert not left, f"processes of the mlflow server left: {left}"
+
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authorization", "proxy-authenticate", "content-length"}
+
+
+class Proxy:
+    """A loopback HTTP forwarder in front of a server: each request waits ``latency`` seconds, then
+    goes on to ``upstream``; counts requests by (method, path without the run's part); ``refuse``
+    (method, path) -> an HTTP status answers a request itself instead (e.g. a failing upload).
+
+    Threaded (one thread per client connection, as many at once as clients open), 127.0.0.1 only;
+    ``close()`` stops it."""
+
+    def __init__(self, upstream: str, latency: float = 0.0,
+                 refuse: Callable[[str, str], int | None] | None = None) -> None:
+        self.upstream = upstream.removeprefix("http://")
+        self.latency = latency
+        self.refuse = refuse
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _forward(self) -> None:
+                body = self._body()
+                path = self.path.split("?", 1)[0]
+                kind = path.split("/mlflow-artifacts/artifacts/", 1)[0]
+                if kind != path:
+                    kind += "/mlflow-artifacts/artifacts/<file>"
+                with proxy.lock:
+                    proxy.counts[(self.command, kind)] += 1
+                time.sleep(proxy.latency)
+                status = proxy.refuse(self.command, path) if proxy.refuse else None
+                if status is not None:
+                    refusal = {"error_code": "PERMISSION_DENIED", "message": "refused by the proxy"}
+                    self._answer(status, [("Content-Type", "application/json")], json.dumps(refusal).encode())
+                    return
+                upstream = HTTPConnection(proxy.upstream, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
+                    self._answer(response.status, kept, data)
+                finally:
+                    upstream.close()
+
+            def _body(self) -> bytes | None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while size := int(self.rfile.readline().split(b";")[0], 16):
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return b"".join(parts)
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else None
+
+            def _answer(self, status: int, headers: list, data: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="proxy", daemon=True)
+        self.thread.start()
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.counts.values())
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
