@@ -475,3 +475,49 @@ def test_no_run_is_left_running_on_the_server(client, server_sweep):
 def test_local_store_sanity(local_sweep):  # the reference of the bit-for-bit comparison is itself complete
     assert local_sweep.proc.returncode == 0, local_sweep.proc.stderr
     assert len([r for r in runs_of(local_sweep.launch_dir) if "mlflow.parentRunId" in r.data.tags]) == 6
+
+
+def refuse_decision_boundary(method: str, path: str) -> int | None:
+    """The proxy refuses one of each run's uploads: HTTP 403, which MLflow does not retry."""
+    return 403 if method == "PUT" and path.endswith("/plots/decision_boundary.png") else None
+
+
+def test_a_failed_upload_ends_the_run_failed_in_one_line(server, client, tmp_path):
+    proxy = Proxy(server.uri, refuse=refuse_decision_boundary)
+    try:
+        proc = run_cli(tmp_path, "iterations=500", "seed=4", "tracking.experiment=refused-upload",
+                       f"tracking.uri={proxy.uri}", f"hydra.run.dir={tmp_path}/run")
+    finally:
+        proxy.close()
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xorexp: ") and "failed" in lines[0], proc.stderr
+    assert "403" in lines[0] and "Traceback" not in proc.stderr
+    [run] = experiment_runs(client, "refused-upload")
+    assert run.info.status == "FAILED"
+    assert run.data.params["seed"] == "4"
+    stored = artifact_paths(client, run.info.run_id)
+    assert "plots/decision_boundary.png" not in stored
+    assert {"predictions.json", "plots/learning_curve.png", "error/traceback.txt"} <= stored  # others went
+    text = download(client, run.info.run_id, "error/traceback.txt", tmp_path / "dl").decode()
+    assert "403" in text and "decision_boundary.png" in text
+    assert proxy.counts[("PUT", "/api/2.0/mlflow-artifacts/artifacts/<file>")] >= len(RUN_ARTIFACTS)
+
+
+def test_a_failed_upload_in_a_sweep_fails_its_jobs_not_the_sweep(server, client, tmp_path):
+    proxy = Proxy(server.uri, refuse=refuse_decision_boundary)
+    try:
+        proc = run_cli(tmp_path, "-m", "seed=0,1", "iterations=500", "tracking.experiment=refused-sweep",
+                       f"tracking.uri={proxy.uri}", f"hydra.sweep.dir={tmp_path}/multirun")
+    finally:
+        proxy.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed_lines = [line for line in proc.stderr.splitlines() if "failed: " in line and "403" in line]
+    assert len(failed_lines) == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("xorexp: 2 job(s) of the sweep failed")
+    runs = experiment_runs(client, "refused-sweep")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.status for r in children) == ["FAILED", "FAILED"]
+    [parent] = [r for r in runs if r.data.tags.get("xorexp.role") == "sweep"]
+    assert parent.info.status == "FAILED"

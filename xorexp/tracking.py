@@ -25,7 +25,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from xorexp import provenance
 from xorexp.data import X, Y
@@ -945,6 +948,7 @@ def start_run(
     run = store.client.create_run(
         store.experiment_id, run_name=run_name(spec), tags=run_tags(spec, tags, parent_run_id)
     )
+    _remember_artifact_uri(run.info.run_id, run.info.artifact_uri)
     if with_params:
         store.client.log_batch(run.info.run_id, params=_params(spec))
     return run.info.run_id
@@ -964,16 +968,36 @@ def log_result(
     """Fill a run with the result (metrics, outcome, artifacts) and mark it FINISHED.
 
     Artifacts always include ``model/params.npz`` and, from a dirty checkout, the diff
-    (``provenance/git_diff.patch``), all in the run's one upload. ``model`` says whether to add the
+    (``provenance/git_diff.patch``), all in the run's one upload (to a server: one request per file,
+    at once, while the values are logged; a failed request raises). ``model`` says whether to add the
     MLflow model (the rest of ``model/``, ~15 ms more); None: only for a run that is not part of a
     sweep (no parent run; costs one read, pass it explicitly to save that).
     """
     metrics = run_metrics(result, int(time.time() * 1000))
     params = [] if params_logged else _params(result.spec)
     outcome = [RunTag(TAG_OUTCOME, result.outcome)]
-    store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params, tags=outcome)
-    for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
-        store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+
+    def log_values() -> None:
+        store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params, tags=outcome)
+        for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
+            store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+
+    # to a server, the values go while the artifacts upload (one request less in the run's chain)
+    values = _request_pool().submit(log_values) if store_kind(store.uri) == "server" else None
+    if values is None:
+        log_values()
+    try:
+        _write_result_files(store, run_id, result, blobs, files, dirs, model)
+    except BaseException:
+        if values is not None:
+            wait([values])
+        raise
+    if values is not None:
+        values.result()
+    finish_run(store, run_id, "FINISHED")
+
+
+def _write_result_files(store, run_id, result, blobs, files, dirs, model) -> None:
     documents = {"predictions.json": json.dumps(predictions_document(result), indent=1)}
     if model is None:
         model = TAG_PARENT not in store.client.get_run(run_id).data.tags
@@ -992,7 +1016,6 @@ def log_result(
             blobs={PARAMS_ARTIFACT: params_file, **(blobs or {})},
             dirs={**(dirs or {}), **model_dirs},
         )
-    finish_run(store, run_id, "FINISHED")
 
 
 def log_replay(
@@ -1067,7 +1090,8 @@ def log_files(
     blobs: Mapping[str, bytes] | None = None,
     dirs: Mapping[str, Path] | None = None,
 ) -> None:
-    """Texts, figures (as PNG), bytes and local folders as artifacts of a run, in one upload.
+    """Texts, figures (as PNG), bytes and local folders as artifacts of a run, in one upload
+    (to a server: its files at once, see ``_upload``).
 
     Each mapping goes from an artifact path to a text, a Figure, bytes or a local folder.
     """
@@ -1086,7 +1110,53 @@ def log_files(
         for rel, local in (dirs or {}).items():
             if Path(local).is_dir():
                 shutil.copytree(local, root / rel, dirs_exist_ok=True)
-        store.client.log_artifacts(run_id, str(root))
+        _upload(store, run_id, root)
+
+
+UPLOAD_THREADS = 8  # a server's run: requests of one process in flight at once, at most
+_ARTIFACT_URIS_KEPT = 1024
+_artifact_uris: OrderedDict[str, str] = OrderedDict()  # run id -> artifact URI, of runs started here
+_pool: list[ThreadPoolExecutor] = []
+
+
+def _remember_artifact_uri(run_id: str, artifact_uri: str) -> None:
+    """Spares the read of the run that finding its artifact location would cost at its upload."""
+    _artifact_uris[run_id] = artifact_uri
+    while len(_artifact_uris) > _ARTIFACT_URIS_KEPT:
+        _artifact_uris.popitem(last=False)
+
+
+def _request_pool() -> ThreadPoolExecutor:
+    """This process's threads for a server's requests (made on first use, bounded)."""
+    if not _pool:
+        _pool.append(ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="xorexp-request"))
+    return _pool[0]
+
+
+def _upload(store: Store, run_id: str, root: Path) -> None:
+    """Every file under ``root`` as the run's artifact at the same relative path. To a server, the
+    files go at once (one request each, ``UPLOAD_THREADS`` in flight); elsewhere in one call. The
+    first failure raises once every started upload is over (those not started are dropped)."""
+    artifact_uri = _artifact_uris.get(run_id)
+    if artifact_uri is None:
+        artifact_uri = store.client.get_run(run_id).info.artifact_uri
+    repo = get_artifact_repository(artifact_uri, tracking_uri=store.uri)
+    if store_kind(store.uri) != "server":
+        repo.log_artifacts(str(root))
+        return
+    uploads: list[Future] = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            folder = path.parent.relative_to(root).as_posix()
+            folder = None if folder == "." else folder
+            uploads.append(_request_pool().submit(repo.log_artifact, str(path), folder))
+    done, pending = wait(uploads, return_when=FIRST_EXCEPTION)
+    for future in pending:
+        future.cancel()
+    wait(pending)
+    for future in uploads:
+        if not future.cancelled():
+            future.result()  # the first failure, if any
 
 
 def finish_run(store: Store, run_id: str, status: str) -> None:
