@@ -10,7 +10,11 @@ Starts ``mlflow server`` on 127.0.0.1 (sqlite backend, artifacts served by the s
    127.0.0.1 only) that delays every request by 0, 20 and 100 ms; a sweep of ``--latency-runs`` runs
    (2 lr x seeds, 2 workers) goes through it at each latency. Prints a table: latency -> wall time,
    seconds per run, what each ms of latency adds per run, and the requests the proxy saw per run (all
-   of the sweep's requests divided by its runs, and by kind).
+   of the sweep's requests divided by its runs, and by kind);
+3. the same latencies for the logging alone (no Hydra, no process start): ``--logging-runs`` finished
+   runs logged as a sweep's job logs them (``bench_tracking.log_all``: start_run + log_result with
+   plots, config and .hydra files) through the proxy, by 1 process and by 2 processes at once: wall
+   ms per run. Less disturbed by a loaded machine than whole sweeps.
 The server and the proxy are stopped at the end. Asserts nothing.
 """
 
@@ -27,8 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_tracking import log_all, log_in_processes  # noqa: E402
 
 from tests.test_tracking_server import Proxy, start_server, stop_server  # noqa: E402
+from xorexp import chunks, tracking  # noqa: E402
+from xorexp.train import RunSpec, train  # noqa: E402
 
 
 def sweep(cwd: Path, *args: str) -> tuple[float, int]:
@@ -71,6 +80,30 @@ def latency_table(upstream: str, root: Path, latencies_ms: list[float], args) ->
         print(f"  {count / n_runs:6.2f}  {method:<5} {kind}")
 
 
+def logging_table(upstream: str, root: Path, latencies_ms: list[float], n_runs: int) -> None:
+    specs = [RunSpec(lr=0.5 + i % 3, seed=i, iterations=2000) for i in range(n_runs)]
+    results = train(specs)
+    pngs = [chunks.render_run_plots(r, tracking.run_name(r.spec)) for r in results]
+    hydra_dir = root / "hydra-files"
+    hydra_dir.mkdir()
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (hydra_dir / name).write_text("x: 1\n" * 40)
+    print(f"\nlogging {n_runs} finished runs through the proxy (no Hydra, no process start):")
+    print(f"{'latency':>9} {'1 process ms/run':>17} {'2 processes ms/run':>19} {'requests per run':>17}")
+    for ms in latencies_ms:
+        proxy = Proxy(upstream, latency=ms / 1000)
+        try:
+            store = tracking.open_store(proxy.uri, f"logging-{ms:g}")
+            log_all(store, results[:2], pngs[:2], hydra_dir)  # warm-up: connections, caches
+            before = proxy.total()
+            one = log_all(store, results, pngs, hydra_dir)
+            requests = (proxy.total() - before) / n_runs
+            two = log_in_processes(proxy.uri, results, pngs, hydra_dir, 2)
+        finally:
+            proxy.close()
+        print(f"{ms:>6g} ms {1000 * statistics.mean(one):17.1f} {1000 * two:19.1f} {requests:17.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=100)
@@ -78,6 +111,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--latencies", default="0,20,100", help="ms added to each request, comma-separated")
     parser.add_argument("--latency-runs", type=int, default=32, help="runs of each sweep through the proxy")
+    parser.add_argument("--logging-runs", type=int, default=40, help="runs logged without Hydra (0: skip)")
+    parser.add_argument("--skip-sweeps", action="store_true", help="only the logging table of part 3")
     args = parser.parse_args()
     grid = ["-m", f"seed=range(0,{args.seeds})", f"iterations={args.iterations}"]
     times: dict[str, list[float]] = {"local sqlite": [], "server": []}
@@ -95,7 +130,11 @@ def main() -> None:
                                        "tracking.experiment=bench-" + str(i))
                 times["server"].append(seconds)
                 print(f"server        #{i}: {seconds:6.2f} s ({lines} stdout lines)")
-            latency_table(server.uri, root, [float(ms) for ms in args.latencies.split(",")], args)
+            latencies = [float(ms) for ms in args.latencies.split(",")]
+            if not args.skip_sweeps:
+                latency_table(server.uri, root, latencies, args)
+            if args.logging_runs:
+                logging_table(server.uri, root, latencies, args.logging_runs)
         finally:
             stop_server(server)
     if not args.repeats:
