@@ -10,7 +10,9 @@ then, in this one process and into a fresh store:
   predictions, config.yaml, a .hydra folder and the two PNGs), ms per run;
 - the same with 1,500-point traces (150,000 iterations, the default), ms per run;
 - the 100-point case again with the runs split over 2 processes logging at once into the same store
-  (as the vectorized launcher's workers do): wall time per run, the cost a sweep actually pays.
+  (as the vectorized launcher's workers do): wall time per run, the cost a sweep actually pays;
+- the calls into MLflow's sqlite store per run (each write is one transaction), counted apart on a
+  few runs by wrapping the store's methods in this process.
 Prints figures; asserts nothing.
 """
 
@@ -21,6 +23,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -49,6 +52,37 @@ def log_all(store, results, pngs, hydra_dir: Path) -> list[float]:
         )
         times.append(time.perf_counter() - start)
     return times
+
+
+def store_calls_per_run(store, results, pngs, hydra_dir: Path) -> dict[str, float]:
+    """Calls of the SQLAlchemy tracking store's methods per logged run (wrapped in this process only)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    counts: Counter[str] = Counter()
+    names = [n for n, v in vars(SqlAlchemyStore).items() if callable(v) and not n.startswith("_")]
+    saved = {name: getattr(SqlAlchemyStore, name) for name in names}
+
+    depth = [0]  # only the calls from outside the store count (not the store's calls to itself)
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            counts[name] += depth[0] == 0
+            depth[0] += 1
+            try:
+                return real(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return call
+
+    for name, real in saved.items():
+        setattr(SqlAlchemyStore, name, counting(name, real))
+    try:
+        log_all(store, results, pngs, hydra_dir)
+    finally:
+        for name, real in saved.items():
+            setattr(SqlAlchemyStore, name, real)
+    return {name: count / len(results) for name, count in counts.most_common() if count}
 
 
 def _log_share(args) -> None:
@@ -94,6 +128,7 @@ def main() -> None:
         times = log_all(store, results, pngs, hydra_dir)
         long_times = log_all(store, long_results, long_pngs, hydra_dir)
         parallel = log_in_processes(store.uri, results, pngs, hydra_dir, 2)
+        calls = store_calls_per_run(store, results[:10], pngs[:10], hydra_dir)
 
     def describe(ts: list[float]) -> str:
         ms = [1000 * t for t in ts]
@@ -107,6 +142,8 @@ def main() -> None:
     print(f"log, 2 processes at once  : {1000 * parallel:6.1f} ms wall per run over {len(results)} runs")
     both = statistics.mean(times) * 1000 + render_ms
     print(f"log + render, 100 points  : {both:6.1f} ms per run in one process")
+    shown = ", ".join(f"{name} {count:g}" for name, count in calls.items())
+    print(f"sqlite store calls per run: {sum(calls.values()):g} ({shown})")
 
 
 if __name__ == "__main__":
