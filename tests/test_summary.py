@@ -450,3 +450,42 @@ def test_figures_need_the_traces_of_every_run():
         sweep_plots.sweep_figures(groups, records, curves[:-1])
     with pytest.raises(ValueError):
         sweep_plots.sweep_figures(groups, records, [c[:1] for c in curves])
+
+
+def test_figure_values_are_ordered_by_number_not_text():
+    groups, records, curves = sweep([10, 2, 1], ["1", "0.01", "0.1"], 2)
+    gruns = summary.figure_groups(groups, records, curves)
+    assert summary.values_in_order(gruns, "lr") == [("0.01", 0.01), ("0.1", 0.1), ("1", 1.0)]
+    assert summary.values_in_order(gruns, "hidden_units") == [("1", 1), ("2", 2), ("10", 10)]
+    assert summary.values_in_order(gruns, None) == [(summary.ALL_RUNS, None)]
+    # a value without a number ("null") comes after every number
+    nulls = [rec("a", stop_loss="0.5"), rec("b", stop_loss="null"), rec("c", stop_loss="0.05")]
+    grouped = summary.summarize(nulls)
+    shown = summary.values_in_order(summary.figure_groups(grouped, nulls), "stop_loss")
+    assert shown == [("0.05", 0.05), ("0.5", 0.5), ("null", None)]
+
+
+def test_pooled_success_and_runs_per_value_pool_the_other_values():
+    _, records, _ = sweep([2, 3], ["0.1", "1"], 4, solved_per_group=lambda h, lr: h - 1 + (lr == "1"))
+    failed = rec("f", h=2, lr="0.1", seed=9, outcome=None, loss=None, status="FAILED")
+    groups = summary.summarize([*records, failed])
+    gruns = summary.figure_groups(groups, records, None)
+    # solved per (h, lr): (2, 0.1) 1, (2, 1) 2, (3, 0.1) 2, (3, 1) 3, each of 4 seeds
+    assert summary.pooled_success(gruns, "lr", "hidden_units") == {
+        ("0.1", "2"): (1, 4), ("1", "2"): (2, 4), ("0.1", "3"): (2, 4), ("1", "3"): (3, 4)
+    }
+    assert summary.pooled_success(gruns, "lr", None) == {("0.1", ""): (3, 8), ("1", ""): (5, 8)}
+    assert summary.pooled_success(gruns, None, None) == {(summary.ALL_RUNS, ""): (8, 16)}
+    assert summary.runs_per_value(gruns, "hidden_units") == {"2": 8, "3": 8}
+    assert summary.runs_per_value(gruns, None) == {summary.ALL_RUNS: 16}
+    assert summary.outcome_totals(gruns) == {"solved": 8, "stuck": 8, "diverged": 0, "failed": 1}
+    assert summary.outcome_totals([]) == {"solved": 0, "stuck": 0, "diverged": 0, "failed": 0}
+
+
+def test_success_grid_puts_rates_in_ascending_rows_and_columns():
+    cells = {(3, 1.0): (4, 4), (2, 0.1): (1, 4), (3, 0.1): (0, 0), (2, 10.0): (2, 5)}
+    rows, cols, rate = summary.success_grid(cells)
+    assert rows == [2, 3] and cols == [0.1, 1.0, 10.0]
+    np.testing.assert_array_equal(rate, [[0.25, np.nan, 0.4], [np.nan, 1.0, np.nan]])
+    rows, cols, rate = summary.success_grid({})
+    assert rows == [] and cols == [] and rate.shape == (0, 0)

@@ -95,22 +95,16 @@ def _log_decades(ax: Any, low: float, high: float) -> None:
 def _slots(gruns: Sequence[summary.GroupRuns], x_key: str | None) -> tuple[dict[str, float], list[str], bool]:
     """Position of each x value (the shown string), the tick labels, and whether positions are
     categories (evenly spaced, in value order) or the values themselves (numeric axis)."""
-    shown: dict[str, float | None] = {}
-    for g in gruns:
-        text = summary.show_param(x_key, g.group) if x_key else "all runs"
-        shown[text] = g.group.value(x_key) if x_key else None
-    ordered = sorted(shown, key=lambda t: (shown[t] is None, shown[t] if shown[t] is not None else 0.0, t))
-    numeric = len(ordered) > MAX_SLOTS and all(shown[t] is not None for t in ordered)
-    if numeric:
-        return {t: float(shown[t]) for t in ordered}, ordered, False  # type: ignore[arg-type]
-    return {t: float(i) for i, t in enumerate(ordered)}, ordered, True
+    ordered = summary.values_in_order(gruns, x_key)
+    labels = [text for text, _ in ordered]
+    if len(ordered) > MAX_SLOTS and all(value is not None for _, value in ordered):
+        return {text: float(value) for text, value in ordered}, labels, False  # type: ignore[arg-type]
+    return {text: float(i) for i, text in enumerate(labels)}, labels, True
 
 
 def _series(gruns: Sequence[summary.GroupRuns], key: str | None) -> list[str]:
-    if key is None:
-        return [""]
-    values = {summary.show_param(key, g.group): g.group.value(key) for g in gruns}
-    return sorted(values, key=lambda t: (values[t] is None, values[t] if values[t] is not None else 0.0, t))
+    """The series' values in value order; one unnamed series without a key."""
+    return [text for text, _ in summary.values_in_order(gruns, key)] if key else [""]
 
 
 def _x_ticks(
@@ -137,13 +131,7 @@ def success_rate(
     fig, ax = _sweep_figure(bottom=0.16)
     series = _series(gruns, series_key)
     positions, labels, categorical = _slots(gruns, x_key)
-    pooled: dict[tuple[str, str], list[int]] = {}
-    for g in gruns:
-        x = summary.show_param(x_key, g.group) if x_key else "all runs"
-        s = summary.show_param(series_key, g.group) if series_key else ""
-        cell = pooled.setdefault((x, s), [0, 0])
-        cell[0] += g.group.n_solved
-        cell[1] += g.group.n_seeds
+    pooled = summary.pooled_success(gruns, x_key, series_key)
     width = 0.7 if categorical else 0.0
     n_by_x: dict[str, int] = {}
     for k, s in enumerate(series):
@@ -187,12 +175,7 @@ def success_heatmap(groups: Sequence[summary.GroupSummary], title: str = "") -> 
     if not cells:
         _no_data(ax, "no runs with hidden_units and lr")
         return fig
-    rows = sorted({h for h, _ in cells})
-    cols = sorted({lr for _, lr in cells})
-    rate = np.full((len(rows), len(cols)), np.nan)  # (hidden_units, lr)
-    for (h, lr), (solved, n) in cells.items():
-        if n:
-            rate[rows.index(h), cols.index(lr)] = solved / n
+    rows, cols, rate = summary.success_grid(cells)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(rate), cmap=cmap, vmin=0.0, vmax=1.0, origin="lower",
                       aspect="auto", interpolation="nearest")
@@ -235,27 +218,19 @@ def final_loss(
     fig, ax = _sweep_figure(right=0.82, bottom=0.16)
     series = _series(gruns, series_key)
     positions, labels, categorical = _slots(gruns, x_key)
-    counts = {o: 0 for o in OUTCOME_COLORS}
+    counts = summary.outcome_totals(gruns)
     all_losses = [g.finite_losses() for g in gruns]
     losses = np.concatenate(all_losses) if all_losses else np.empty(0)
-    n_by_x: dict[str, int] = {}
+    n_by_x = summary.runs_per_value(gruns, x_key)
     many_series = len(series) > MAX_SERIES
     slot_width = 0.8 if categorical else 0.0
-    for g in gruns:
-        for outcome, n in g.counts().items():
-            counts[outcome] += n
     for k, s in enumerate(series):
         in_series = [g for g in gruns if not series_key or summary.show_param(series_key, g.group) == s]
         width = slot_width / len(series)
         offset = (k - (len(series) - 1) / 2) * width
         medians = []
-        def slot(g: summary.GroupRuns) -> str:
-            return summary.show_param(x_key, g.group) if x_key else "all runs"
-
-        for g in sorted(in_series, key=lambda g: positions[slot(g)]):
-            x_text = slot(g)
-            n_by_x[x_text] = n_by_x.get(x_text, 0) + g.n
-            x = positions[x_text] + offset
+        for g in sorted(in_series, key=lambda g: positions[summary.slot_text(x_key, g.group)]):
+            x = positions[summary.slot_text(x_key, g.group)] + offset
             quart = summary.loss_quartiles(g.final_losses)
             if quart is not None:
                 medians.append((x, quart[0]))
@@ -319,10 +294,7 @@ def loss_curves(gruns: Sequence[summary.GroupRuns]) -> Figure:
     median and 25-75 % band of the solved and of the stuck runs apart. More groups: one panel with
     every run, coloured by outcome, and the median of each outcome."""
     drawn = sorted((g for g in gruns if g.traces), key=lambda g: summary.params_order(g.group))  # by value
-    counts = {o: 0 for o in OUTCOME_COLORS}
-    for g in gruns:
-        for outcome, n in g.counts().items():
-            counts[outcome] += n
+    counts = summary.outcome_totals(gruns)
     if not drawn or len(drawn) > MAX_PANELS:
         fig, ax = _sweep_figure(right=0.8)
         panels = [(ax, None)]
