@@ -31,7 +31,6 @@ class SweepConfigError(ConfigError):
     """A bad sweeper setting or search space; str(error) is the one line shown to the user."""
 
 
-
 @dataclass(frozen=True)
 class SearchParam:
     name: str  # the Optuna parameter name: the config key without a +/++ prefix
