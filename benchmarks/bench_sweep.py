@@ -60,6 +60,8 @@ def count_runs(cwd: Path) -> int:
 def profile_table(profile_dir: Path, wall: float) -> str:
     """Seconds per category summed over the processes that wrote their totals, and shares."""
     records = [json.loads(path.read_text()) for path in sorted(profile_dir.glob("*.json"))]
+    if not records:
+        return "  (no process wrote its times: was benchmarks/profile/sitecustomize.py imported?)"
     by_role: dict[str, dict[str, float]] = {"main": {}, "worker": {}}
     for record in records:
         for category, seconds in record["seconds"].items():
@@ -78,6 +80,9 @@ def profile_table(profile_dir: Path, wall: float) -> str:
         main = "" if category == "total of work" else f"{by_role['main'].get(category, 0.0):11.2f}"
         worker = "" if category == "total of work" else f"{by_role['worker'].get(category, 0.0):9.2f}"
         lines.append(f"  {category:<22}{seconds:9.2f}{share}{main}{worker}")
+    missing = sorted({name for record in records for name in record.get("missing", [])})
+    if missing:
+        lines.append(f"  not timed (not found, adapt benchmarks/profile/sitecustomize.py): {missing}")
     return "\n".join(lines)
 
 

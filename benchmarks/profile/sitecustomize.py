@@ -62,6 +62,7 @@ NOT_WORK = {"waiting for workers", "idle"}  # shown, but not in the total of wor
 _DIR = os.environ.get("XOREXP_PROFILE_DIR")
 _totals: dict[str, float] = {}
 _calls: dict[str, int] = {}
+_missing: list[str] = []  # names of the table not found in their (imported) module
 _stack: list[list] = []  # [category, start, nested seconds]
 _state = {"started": None, "last_task_end": None}
 _main = threading.main_thread()
@@ -130,6 +131,7 @@ def _dump() -> None:
         "lifetime": lifetime,
         "seconds": categories,
         "calls": _calls,
+        "missing": _missing,
         "peak_rss_kb": _peak_rss_kb(),
     }
     path = os.path.join(_DIR, f"{os.getpid()}.json")
@@ -152,7 +154,10 @@ def _patch(module) -> None:
         if module_name != module.__name__:
             continue
         owner_name, _, method = attribute.rpartition(".")
-        owner = getattr(module, owner_name) if owner_name else module
+        owner = getattr(module, owner_name, None) if owner_name else module
+        if owner is None or (method != "*" and not callable(getattr(owner, method, None))):
+            _missing.append(target)  # moved or renamed: not timed (its time goes to its caller)
+            continue
         names = [method]
         if method == "*":
             names = [n for n, v in vars(owner).items() if not n.startswith("_") and callable(v)]
