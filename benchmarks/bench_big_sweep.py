@@ -68,7 +68,8 @@ def role_of(pid: int, root: int) -> str:
     return cmdline[:60].strip() or "?"
 
 
-def check_store(db: Path, expected: int, iterations: int) -> list[str]:
+def check_store(db: Path, expected: int, iterations: int) -> tuple[int, list[str]]:
+    """The FINISHED child runs, and lines saying how complete the store is."""
     with sqlite3.connect(db) as conn:
         children = [row[0] for row in conn.execute(
             "select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
@@ -87,7 +88,7 @@ def check_store(db: Path, expected: int, iterations: int) -> list[str]:
             "select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
             "where t.key = 'xorexp.role' and t.value = 'sweep'").fetchall()
     trace = iterations // 100
-    return [
+    return len(children), [
         f"FINISHED child runs: {len(children)} of {expected}; runs by status: {statuses}; "
         f"parent: {[p[0] for p in parent]}",
         f"params per child run: {params[0]}..{params[1]} (6 expected); latest metrics per child run: "
@@ -124,14 +125,16 @@ def main() -> None:
                         peaks[pid] = (role, rss)
                 time.sleep(POLL_S)
         wall = time.perf_counter() - start
-        print(f"{n_runs}-run sweep ({args.iterations} iterations): {wall:.1f} s wall "
-              f"({1000 * wall / n_runs:.1f} ms per run), exit status {proc.returncode}")
+        finished, lines = check_store(where / "mlflow.db", n_runs, args.iterations)
+        per_run = 1000 * wall / max(finished, 1)
+        print(f"{n_runs}-run sweep ({args.iterations} iterations): {wall:.1f} s wall, exit status "
+              f"{proc.returncode}; {finished} runs FINISHED ({per_run:.1f} ms per FINISHED run)")
         if proc.returncode != 0:
             print((where / "bench.stderr").read_text()[-2000:])
         print("peak RSS (VmHWM) per process:")
         for pid, (role, rss) in sorted(peaks.items(), key=lambda item: (item[1][0], item[0])):
             print(f"  {role:<20} pid {pid:>7}: {rss / 1024:7.1f} MiB")
-        for line in check_store(where / "mlflow.db", n_runs, args.iterations):
+        for line in lines:
             print(line)
 
 
