@@ -106,7 +106,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = Path(tmp)
         times = {}
-        runs = [("vectorized", args.seeds), ("vectorized", args.small_seeds)]
+        runs = [("vectorized", args.seeds)]
+        runs += [("vectorized", args.small_seeds)] if args.small_seeds != args.seeds else []
         runs += [] if args.skip_basic else [("basic", args.seeds)]
         for launcher, seeds in runs:
             n_runs = 10 * seeds
