@@ -37,8 +37,11 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from xorexp import parent_run, tracking
+from xorexp import parent_run
 from xorexp.config import ConfigError
+from xorexp.tracking import writing
+from xorexp.tracking.store import open_store
+from xorexp.tracking.uri import resolve_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -414,7 +417,7 @@ class OptunaSweep:
         launch_dir = config.hydra.runtime.cwd
         storage_url, storage = resolve_storage(self.storage, launch_dir)
         tracking_uri = OmegaConf.select(config, "tracking.uri", default=None)
-        if storage_url and storage_url == tracking.resolve_uri(tracking_uri, launch_dir):
+        if storage_url and storage_url == resolve_uri(tracking_uri, launch_dir):
             raise SweepConfigError(
                 f"hydra.sweeper.storage={self.storage!r} is the MLflow store: give Optuna a file of its own"
             )
@@ -470,8 +473,8 @@ class OptunaSweep:
         if record is None or best is None:
             return
         experiment = OmegaConf.select(config, "tracking.experiment", default="xorexp")
-        tracking.log_to_run(
-            tracking.open_store(record.tracking_uri, experiment),
+        writing.log_to_run(
+            open_store(record.tracking_uri, experiment),
             record.run_id,
             params={f"best.{name}": value_text(value) for name, value in best.params.items()},
             metrics={"best.value": best.value},
