@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import ROOT, read_artifact_json, run_cli, runs_of, store_uri
 from xorexp import pyfunc
 from xorexp.data import X
-from xorexp.tracking import writing
+from xorexp.tracking import reading, writing
 from xorexp.tracking.store import open_store
 from xorexp.tracking.tags import PARAMS_ARTIFACT
 from xorexp.train import RunSpec, train
@@ -66,6 +68,46 @@ def test_a_sweep_child_gets_params_but_no_model(tmp_path):
     assert not pyfunc.has_model(store, run_id)
     names = [a.path for a in store.client.list_artifacts(run_id, "model")]
     assert names == [PARAMS_ARTIFACT]
+
+
+# run in a fresh interpreter: any import of xorexp fails, as on a machine without it
+_LOAD_WITHOUT_XOREXP = """
+import importlib.abc, json, sys
+class NoXorexp(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "xorexp" or name.startswith("xorexp."):
+            raise ImportError(f"xorexp is not installed here ({name})")
+sys.meta_path.insert(0, NoXorexp())
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame({"x1": [0.0, 0.0, 1.0, 1.0], "x2": [0.0, 1.0, 0.0, 1.0]}))
+print(json.dumps([float(v).hex() for v in out["probability"]]))
+print(json.dumps(sorted(m for m in sys.modules if m == "xorexp" or m.startswith("xorexp."))))
+"""
+
+
+@pytest.mark.slow
+def test_a_logged_model_names_no_xorexp_module_and_loads_without_xorexp(tmp_path):
+    """A model records its own copy of this file (by file name) and MLflow's loader module: no
+    ``xorexp.<module>`` path, so renaming or moving xorexp's modules cannot break logged models."""
+    store = open_store(store_uri(tmp_path), "xorexp")
+    [result] = train([RunSpec(iterations=900, seed=5, lr=0.9)])
+    run_id = writing.start_run(store, result.spec)
+    writing.log_result(store, run_id, result)
+    with reading.downloaded(store, run_id, "model") as local:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        flavor = mlmodel["flavors"]["python_function"]
+        assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+        assert (local / Path(flavor["model_code_path"]).name).is_file()
+        assert "xorexp." not in (local / "MLmodel").read_text()
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOAD_WITHOUT_XOREXP, str(local)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_base_env(),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hexes, xorexp_modules = (json.loads(line) for line in proc.stdout.splitlines()[-2:])
+    assert hexes == [float(v).hex() for v in result.predictions]
+    assert xorexp_modules == []
 
 
 @pytest.mark.slow

@@ -73,6 +73,7 @@ def predictions_document(result: RunResult) -> dict:
         "final_loss": finite_or_none(result.final_loss),
     }
 
+
 def run_metrics(result: RunResult, timestamp_ms: int) -> list[Metric]:
     """The loss trace plus summary metrics, finite values only."""
     from mlflow.entities import Metric
