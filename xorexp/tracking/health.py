@@ -121,4 +121,3 @@ def _try_connect(url, uri: str) -> set[str]:
             f"database {redact(uri)} refuses the connection ({cause}): create the database, or fix the "
             "user, password or database name in tracking.uri"
         ) from None
-

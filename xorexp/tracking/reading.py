@@ -44,9 +44,7 @@ def _newest(store: Store, filter_string: str) -> str | None:
 
 def find_finished(store: Store, spec: RunSpec) -> str | None:
     """Id of the newest FINISHED run with the config hash of ``spec``, if any."""
-    return _newest(
-        store, f"tags.`{TAG_HASH}` = '{config_hash(spec)}' and attributes.status = 'FINISHED'"
-    )
+    return _newest(store, f"tags.`{TAG_HASH}` = '{config_hash(spec)}' and attributes.status = 'FINISHED'")
 
 
 def latest_sweep(store: Store) -> str | None:

@@ -317,4 +317,3 @@ def prepare(uri: str, *, create: bool) -> None:
         _repair_sqlite_store(path, uri)
     if create:
         _use_wal(path)
-

@@ -188,7 +188,6 @@ def _safe_name(name: str) -> str:
     return safe or "experiment"
 
 
-
 def mark_stale_runs(store: Store) -> list[str]:
     """Mark KILLED every RUNNING run whose writer process (same host) no longer exists."""
     host = socket.gethostname()
@@ -211,5 +210,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-

@@ -123,7 +123,6 @@ def _mlflow_schemes() -> set[str]:
         return {"*"}
 
 
-
 def os_cause(error: OSError) -> str:
     causes = {
         errno.ENOSPC: "no space left on device",
@@ -133,7 +132,6 @@ def os_cause(error: OSError) -> str:
         errno.EPERM: "permission denied",
     }
     return causes.get(error.errno, error.strerror or str(error))
-
 
 
 def remember_opened(uri: str) -> None:
@@ -207,4 +205,3 @@ def describe_store_error(error: BaseException, uri: str | None = None) -> str | 
         ):
             return f"tracking server {shown} does not answer: start it, then run again"
     return None
-

@@ -284,5 +284,3 @@ def start_parent(store: Store, name: str, tags: Mapping[str, str]) -> str:
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-
-
