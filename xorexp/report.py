@@ -131,9 +131,9 @@ def finish_sweep(
     tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
     figures = {}
     if records:
-        from xorexp import plots  # matplotlib: loaded when a sweep ends, not by every command
+        from xorexp import sweep_plots  # matplotlib: loaded when a sweep ends, not by every command
 
-        figures = plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
+        figures = sweep_plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
     writing.log_to_run(
         store,
         parent_run_id,
