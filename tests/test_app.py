@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import read_artifact_json, run_cli, runs_of
-from xorexp import tracking
+from xorexp.params import config_hash
 from xorexp.train import RunSpec, train
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def test_single_run_follows_the_tracking_contract(tmp_path, client_for):
     }
     tags = run.data.tags
     assert tags["xorexp.outcome"] == expected.outcome
-    assert tags["xorexp.config_hash"] == tracking.config_hash(expected.spec)
+    assert tags["xorexp.config_hash"] == config_hash(expected.spec)
     assert tags["xorexp.overrides"] == "iterations=2000 seed=3 lr=0.5"
     assert "mlflow.parentRunId" not in tags
 
