@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_tracking_server import start_server, stop_server  # noqa: E402
+from tests.mlflow_server import start_server, stop_server  # noqa: E402
 
 
 def sweep(cwd: Path, *args: str) -> tuple[float, int]:

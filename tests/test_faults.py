@@ -23,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, run_cli, runs_of, store_uri
-from tests.test_tracking_server import start_server, stop_server
+from tests.mlflow_server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

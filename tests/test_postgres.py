@@ -20,9 +20,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import run_cli
+from tests.mlflow_server import group_members, start_server, stop_server
 from tests.postgres_server import alive as postgres_alive
 from tests.postgres_server import pg_bin, start_postgres
-from tests.test_tracking_server import group_members, start_server, stop_server
 from xorexp import tracking
 from xorexp.train import RunSpec, train
 

@@ -252,7 +252,7 @@ def test_a_plain_http_server_is_not_taken_for_mlflow(mode, plain_http_server, tm
 
 @pytest.mark.slow
 def test_credentials_in_the_server_url_pass_the_check_and_are_never_shown(tmp_path):
-    from tests.test_tracking_server import start_server, stop_server
+    from tests.mlflow_server import start_server, stop_server
 
     server = start_server(tmp_path / "server")
     try:
