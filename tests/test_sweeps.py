@@ -59,14 +59,20 @@ def test_grid_sweep_has_one_parent_and_a_summary_matching_its_children(tmp_path)
     assert plots == {"plots/success_rate_heatmap.png", "plots/final_loss_vs_lr.png", "plots/loss_curves.png"}
     best = parent.data.tags["xorexp.best_run_id"]
     assert best in {c.info.run_id for c in children}
-    assert "success rate" in proc.stdout.lower() or "success" in proc.stdout.lower()
+    # the printed table: header, rule, one row per group with its solved count
+    lines = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:4] == ["hidden_units", "lr", "iterations",
+                                                                            "seeds"])
+    header, printed = lines[start], lines[start + 2 : start + 8]
+    assert "success" in header.split() and set(lines[start + 1]) == {"-", " "}
+    solved_cells = {(row.split()[0], row.split()[1]): row.split()[4] for row in printed}
+    assert solved_cells == {key: f"{sum(solved)}/2" for key, solved in expected.items()}
 
     # the report command prints the same table from the store
     again = run_cli(tmp_path, module="xorexp.report")
     assert again.returncode == 0, again.stderr
     table_lines = [line for line in again.stdout.splitlines()[1:] if line.strip()]
-    for line in table_lines:
-        assert line in proc.stdout
+    assert table_lines == lines[start : start + 8]
 
 
 def test_preset_switches_to_multirun_and_names_the_parent(tmp_path):
