@@ -76,6 +76,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (an exited child not yet waited for) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 PER_PROCESS_TAGS = {"xorexp.pid", "xorexp.command"}  # tags that name the process, not the run
 
 

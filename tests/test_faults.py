@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, run_cli, runs_of, store_uri
+from tests.conftest import ROOT, process_alive, run_cli, runs_of, store_uri
 from tests.mlflow_server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -211,9 +211,9 @@ def test_ctrl_c_stops_the_sweep_and_a_resume_finishes_each_config_once(tmp_path)
     assert len(lines) == 1 and lines[0].startswith("xorexp: interrupted (Ctrl-C): "), lines
     assert "tracking.skip_finished=true" in lines[0]
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(process_alive(p) for p in workers):
         time.sleep(0.2)
-    assert workers and not [p for p in workers if _alive(p)]
+    assert workers and not [p for p in workers if process_alive(p)]
     counts = by_status(tmp_path)
     assert counts[("sweep", "KILLED")] == 1 and not [k for k in counts if k[1] == "RUNNING"], counts
 
@@ -229,15 +229,6 @@ def _children_pids(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return status not in ("Z", "X")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_signal_to_the_launching_process_only_leaves_no_worker(tmp_path, sig):
     proc = spawn(tmp_path, "-m", "seed=range(0,200)", "iterations=3000", f"hydra.sweep.dir={tmp_path}/m")
@@ -247,9 +238,9 @@ def test_signal_to_the_launching_process_only_leaves_no_worker(tmp_path, sig):
     os.kill(proc.pid, sig)  # the launching process only, not its group
     status = proc.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(process_alive(p) for p in workers):
         time.sleep(0.2)
-    assert not [p for p in workers if _alive(p)]
+    assert not [p for p in workers if process_alive(p)]
     if sig == signal.SIGTERM:
         assert status == 143
         lines = error_lines((tmp_path / "stderr.txt").read_text())

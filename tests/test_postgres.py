@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import process_alive, run_cli
 from tests.mlflow_server import group_members, start_server, stop_server
-from tests.postgres_server import alive as postgres_alive
 from tests.postgres_server import pg_bin, start_postgres
 from xorexp import tracking
 from xorexp.train import RunSpec, train
@@ -42,7 +41,7 @@ def postgres():
     finally:
         pid = server.postmaster_pid()
         server.stop()
-        assert pid is not None and not postgres_alive(pid), "PostgreSQL's postmaster outlived stop()"
+        assert pid is not None and not process_alive(pid), "PostgreSQL's postmaster outlived stop()"
 
 
 def expected_result(seed: int, lr: float = 0.1):

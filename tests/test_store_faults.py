@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, run_cli, runs_of, store_uri
+from tests.conftest import ROOT, free_port, run_cli, runs_of, store_uri
 from xorexp import tracking
 
 PASSWORD = "s3cret-pw"
@@ -117,12 +117,6 @@ def plain_http_server(tmp_path_factory):
     yield uri
     process.kill()
     process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- bad URIs and names: refused before anything exists -------------------------------------------
