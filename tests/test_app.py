@@ -81,11 +81,9 @@ def test_multirun_makes_one_run_per_learning_rate(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-@pytest.mark.parametrize(
-    "override,key",
-    [("lr=-1", "lr"), ("lr=abc", "lr"), ("lr=inf", "lr"), ("hidden_units=0", "hidden_units"),
-     ("hidden_units=2.5", "hidden_units"), ("iterations=0", "iterations"), ("seed=4294967296", "seed"),
-     ("seed=-3", "seed"), ("trace_every=0", "trace_every"), ("stop_loss=0", "stop_loss")],
+@pytest.mark.parametrize(  # a text, a float for an integer, an integer too big: each rule is unit-tested
+    "override,key",        # in test_train.py::test_runspec_rejects_bad_values_naming_the_key
+    [("lr=abc", "lr"), ("hidden_units=2.5", "hidden_units"), ("seed=4294967296", "seed")],
 )
 def test_bad_value_gives_one_line_and_touches_no_store(tmp_path, override, key):
     proc = run_cli(tmp_path, override)

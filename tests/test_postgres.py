@@ -25,7 +25,8 @@ from tests.postgres_server import pg_bin, start_postgres
 from xorexp import tracking
 from xorexp.train import RunSpec, train
 
-pytestmark = pytest.mark.slow
+# one xdist worker: shares the module's PostgreSQL server
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_postgres")]
 
 ITERATIONS = 300
 PARAM_KEYS = {"hidden_units", "lr", "iterations", "seed", "trace_every", "stop_loss"}

@@ -21,6 +21,8 @@ from tests.conftest import free_port, run_cli, store_snapshot
 from tests.ray_cluster import RAY_PORT, LoopbackRayCluster, is_loopback
 from xorexp.errors import Abort
 
+pytestmark = pytest.mark.xdist_group("test_ray_launcher")  # one xdist worker: one Ray cluster
+
 SWEEP = ["-m", "seed=range(0,100)", "lr=0.5,3", "iterations=500"]
 CHUNK_SIZE = 50  # 200 runs in 4 chunks
 N_RUNS, N_CHUNKS = 200, 4

@@ -25,7 +25,8 @@ from tests.mlflow_server import start_server, stop_server
 from xorexp import tracking
 from xorexp.train import RunSpec, train
 
-pytestmark = pytest.mark.slow
+# one xdist worker: shares the module's mlflow server and sweeps
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_tracking_server")]
 
 SWEEP = ("-m", "seed=0,1,2", "lr=0.5,3", "iterations=500")
 PARAM_KEYS = {"hidden_units", "lr", "iterations", "seed", "trace_every", "stop_loss"}

@@ -90,8 +90,9 @@ def test_trace_every_and_iterations_not_multiple():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("lr", 0.0), ("lr", float("nan")), ("hidden_units", 0), ("iterations", 2.5), ("seed", 2**32),
-     ("seed", -1), ("trace_every", 0), ("stop_loss", -1.0), ("hidden_units", True)],
+    [("lr", 0.0), ("lr", -1), ("lr", "abc"), ("lr", float("inf")), ("lr", float("nan")), ("hidden_units", 0),
+     ("hidden_units", 2.5), ("hidden_units", True), ("iterations", 0), ("iterations", 2.5), ("seed", 2**32),
+     ("seed", -1), ("trace_every", 0), ("stop_loss", 0), ("stop_loss", -1.0)],
 )
 def test_runspec_rejects_bad_values_naming_the_key(key, value):
     with pytest.raises(ValueError, match=f"^{key}="):

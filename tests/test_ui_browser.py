@@ -30,7 +30,8 @@ SWEEP_FIGURE_SIZE = (900, 560)  # what plots renders a sweep's figures at (px), 
 RUN_FIGURE_WIDTH = 640  # the per-run figures' width (px)
 TIMEOUT_MS = 60_000
 
-pytestmark = pytest.mark.slow
+# one xdist worker: shares the module's served sweep and browser
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_ui_browser")]
 
 
 @pytest.fixture(scope="module")
