@@ -6,7 +6,7 @@ Backends: (a) an embedded sqlite store, (b) ``mlflow server`` on sqlite, (c) ``m
 PostgreSQL, (d) PostgreSQL directly (``tracking.uri=postgresql://...``). PostgreSQL is Debian's, started
 in a temp dir with its default settings (fsync on); every server listens on 127.0.0.1 and is stopped at
 the end. Each writer is a process that opens the store, waits for the common start, then logs ``--runs``
-finished runs the way a sweep's job does (``tracking.start_run`` + ``tracking.log_result``: params, a
+finished runs the way a sweep's job does (``writing.start_run`` + ``writing.log_result``: params, a
 3-point loss trace, summary metrics, outcome tag, predictions.json and model/params.npz; no plots, no
 model), and reports its wall and CPU time. Prints runs/s per backend and writer count, ratios, and the
 CPU per run of the writers, of the MLflow server (all its processes) and of PostgreSQL (postmaster and
@@ -36,10 +36,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def writer(uri: str, runs: int, first_seed: int) -> None:
     """One writer process: open the store, say ready, wait for 'go' on stdin, log ``runs`` runs."""
-    from xorexp import tracking
+    from xorexp.tracking import writing
+    from xorexp.tracking.store import open_store
     from xorexp.train import RunSpec, train
 
-    store = tracking.open_store(uri, EXPERIMENT)
+    store = open_store(uri, EXPERIMENT)
     specs = [RunSpec(hidden_units=2, lr=0.5, iterations=300, seed=first_seed + i, trace_every=100)
              for i in range(runs)]
     results = train(specs)
@@ -47,8 +48,8 @@ def writer(uri: str, runs: int, first_seed: int) -> None:
     sys.stdin.readline()
     wall, cpu = time.perf_counter(), time.process_time()
     for spec, result in zip(specs, results, strict=True):
-        run_id = tracking.start_run(store, spec, with_params=False)
-        tracking.log_result(store, run_id, result, params_logged=False, model=False)
+        run_id = writing.start_run(store, spec, with_params=False)
+        writing.log_result(store, run_id, result, params_logged=False, model=False)
     print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}), flush=True)
 
 
@@ -120,7 +121,7 @@ def main() -> None:
     if args.writer:
         writer(args.writer[0], int(args.writer[1]), int(args.writer[2]))
         return
-    from xorexp import tracking
+    from xorexp.tracking.store import open_store
 
     counts = [int(n) for n in args.writers.split(",")]
     results: dict[str, dict[int, dict]] = {}
@@ -152,7 +153,7 @@ def main() -> None:
                 cwd = os.getcwd()
                 os.chdir(root / "local")  # the direct store's artifacts go to the temp dir
                 try:
-                    tracking.open_store(uri, EXPERIMENT)  # schema and experiment made once, up front
+                    open_store(uri, EXPERIMENT)  # schema and experiment made once, up front
                 finally:
                     os.chdir(cwd)
                 results[name] = {}

@@ -46,8 +46,8 @@ import time
 start = time.perf_counter()
 import xorexp.app, xorexp.callbacks, hydra_plugins.xorexp_vectorized_launcher._core
 imported = time.perf_counter()
-from xorexp import tracking
-tracking.open_store("sqlite:///{db}", "xorexp")
+from xorexp.tracking.store import open_store
+open_store("sqlite:///{db}", "xorexp")
 print(imported - start, time.perf_counter() - imported)
 """
 

@@ -6,7 +6,7 @@ Trains the runs of the benchmark sweep (h=2, lr on 10 values, 10,000 iterations:
 then, in this one process and into a fresh store:
 - renders each run's two PNGs (``chunks.render_run_plots``), ms per run;
 - logs each run exactly as a job does after the vectorized launcher trained it
-  (``tracking.start_run(with_params=False)`` + ``tracking.log_result`` with params, tags, the trace,
+  (``writing.start_run(with_params=False)`` + ``writing.log_result`` with params, tags, the trace,
   predictions, config.yaml, a .hydra folder and the two PNGs), ms per run;
 - the same with 1,500-point traces (150,000 iterations, the default), ms per run;
 - the 100-point case again with the runs split over 2 processes logging at once into the same store
@@ -25,7 +25,10 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from xorexp import chunks, tracking
+from xorexp import chunks
+from xorexp.params import run_name
+from xorexp.tracking import writing
+from xorexp.tracking.store import open_store
 from xorexp.train import RunSpec, train
 
 LRS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
@@ -36,8 +39,8 @@ def log_all(store, results, pngs, hydra_dir: Path) -> list[float]:
     config = "hidden_units: 2\nlr: 0.1\n"
     for result, plots in zip(results, pngs, strict=True):
         start = time.perf_counter()
-        run_id = tracking.start_run(store, result.spec, tags={"xorexp.overrides": "x"}, with_params=False)
-        tracking.log_result(
+        run_id = writing.start_run(store, result.spec, tags={"xorexp.overrides": "x"}, with_params=False)
+        writing.log_result(
             store,
             run_id,
             result,
@@ -53,7 +56,7 @@ def log_all(store, results, pngs, hydra_dir: Path) -> list[float]:
 
 def _log_share(args) -> None:
     uri, results, pngs, hydra_dir = args
-    store = tracking.open_store(uri, "bench")
+    store = open_store(uri, "bench")
     log_all(store, results, pngs, Path(hydra_dir))
 
 
@@ -85,11 +88,11 @@ def main() -> None:
         for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
             (hydra_dir / name).write_text("x: 1\n" * 40)
         start = time.perf_counter()
-        pngs = [chunks.render_run_plots(r, tracking.run_name(r.spec)) for r in results]
+        pngs = [chunks.render_run_plots(r, run_name(r.spec)) for r in results]
         render_ms = 1000 * (time.perf_counter() - start) / len(results)
-        long_pngs = [chunks.render_run_plots(r, tracking.run_name(r.spec)) for r in long_results]
+        long_pngs = [chunks.render_run_plots(r, run_name(r.spec)) for r in long_results]
 
-        store = tracking.open_store(f"sqlite:///{root / 'mlflow.db'}", "bench")
+        store = open_store(f"sqlite:///{root / 'mlflow.db'}", "bench")
         log_all(store, results[:5], pngs[:5], hydra_dir)  # warm-up: first calls create tables' caches
         times = log_all(store, results, pngs, hydra_dir)
         long_times = log_all(store, long_results, long_pngs, hydra_dir)

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from tests.conftest import process_alive, run_cli
 from tests.mlflow_server import group_members, start_server, stop_server
 from tests.postgres_server import pg_bin, start_postgres
-from xorexp import tracking
+from xorexp.params import config_hash, param_text
+from xorexp.tracking import writing
 from xorexp.train import RunSpec, train
 
 # one xdist worker: shares the module's PostgreSQL server
@@ -64,8 +65,8 @@ def check_child(client: MlflowClient, child, lr: float = 0.1) -> None:
     assert child.info.status == "FINISHED"
     assert set(child.data.params) == PARAM_KEYS
     assert child.data.params["iterations"] == str(ITERATIONS) and child.data.params["stop_loss"] == "null"
-    assert child.data.params["lr"] == tracking.param_text(lr)
-    assert child.data.tags["xorexp.config_hash"] == tracking.config_hash(spec)
+    assert child.data.params["lr"] == param_text(lr)
+    assert child.data.tags["xorexp.config_hash"] == config_hash(spec)
     assert child.data.tags["xorexp.outcome"] == expected.outcome
     assert child.data.metrics["final_loss"] == expected.final_loss
     history = sorted(client.get_metric_history(child.info.run_id, "loss"), key=lambda m: m.step)
@@ -109,7 +110,7 @@ def test_sweep_resume_and_report_directly_on_postgres(postgres, tmp_path):
     # a run left RUNNING by a writer that is gone (seed 3's config): the resume marks it KILLED
     spec3, _ = expected_result(3)
     stale = client.create_run(exp.experiment_id, run_name="crashed", tags={
-        "xorexp.config_hash": tracking.config_hash(spec3), **tracking.process_tags(),
+        "xorexp.config_hash": config_hash(spec3), **writing.process_tags(),
         "xorexp.pid": str(dead_pid())}).info.run_id
 
     resumed = run_cli(tmp_path, *base, "seed=0,1,2,3", "tracking.skip_finished=true",

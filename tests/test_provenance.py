@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_cli, runs_of, store_uri
-from xorexp import provenance, tracking
+from xorexp import provenance
+from xorexp.tracking import writing
+from xorexp.tracking.store import open_store
 from xorexp.train import RunSpec, train
 
 
@@ -48,11 +50,11 @@ def test_provenance_is_computed_once_per_process(monkeypatch):
 
 
 def test_every_run_carries_the_tags(tmp_path):
-    store = tracking.open_store(store_uri(tmp_path), "xorexp")
+    store = open_store(store_uri(tmp_path), "xorexp")
     [result] = train([RunSpec(iterations=200)])
-    parent = tracking.start_parent(store, "sweep", {})
-    run_id = tracking.start_run(store, result.spec, parent_run_id=parent)
-    tracking.log_result(store, run_id, result)
+    parent = writing.start_parent(store, "sweep", {})
+    run_id = writing.start_run(store, result.spec, parent_run_id=parent)
+    writing.log_result(store, run_id, result)
     for tags in (store.client.get_run(run_id).data.tags, store.client.get_run(parent).data.tags):
         for key, value in provenance.tags().items():
             assert tags[key] == value
@@ -98,7 +100,7 @@ def test_dirty_flag_and_diff_from_a_temporary_checkout(tmp_path):
     assert tags["xorexp.git.dirty"] == "false" and tags["mlflow.source.git.commit"] == commit
     assert "xorexp.git.diff_sha256" not in tags
     assert tags["xorexp.command"] == "python -m xorexp iterations=200 seed=1"
-    store = tracking.open_store(store_uri(clean), "xorexp")
+    store = open_store(store_uri(clean), "xorexp")
     assert "provenance" not in [a.path for a in store.client.list_artifacts(run.info.run_id)]
 
     readme = repo / "README.md"
@@ -111,7 +113,7 @@ def test_dirty_flag_and_diff_from_a_temporary_checkout(tmp_path):
     [run] = runs_of(dirty)
     assert run.data.tags["xorexp.git.dirty"] == "true"
     assert run.data.tags["mlflow.source.git.commit"] == commit
-    store = tracking.open_store(store_uri(dirty), "xorexp")
+    store = open_store(store_uri(dirty), "xorexp")
     local = store.client.download_artifacts(run.info.run_id, provenance.DIFF_ARTIFACT, str(tmp_path))
     diff = Path(local).read_text()
     assert "+an uncommitted line" in diff and "# notes.txt" in diff

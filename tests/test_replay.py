@@ -18,7 +18,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import read_artifact_json, run_cli, runs_of, store_uri
-from xorexp import provenance, replay, tracking
+from xorexp import provenance, replay
+from xorexp.tracking import writing
+from xorexp.tracking.tags import PARAMS_ARTIFACT, TAG_GIT_COMMIT
 
 ITER = ["iterations=600", "lr=0.5"]
 
@@ -88,7 +90,7 @@ def _tamper_loss_metric(copy: Path, run_id: str) -> str:
 
 
 def _tamper_params(copy: Path, run_id: str) -> str:
-    path = _artifact_file(copy, run_id, tracking.PARAMS_ARTIFACT)
+    path = _artifact_file(copy, run_id, PARAMS_ARTIFACT)
     with np.load(path) as npz:
         arrays = {name: npz[name].copy() for name in npz.files}
     arrays["W2"][0, 1] += 1e-9
@@ -182,7 +184,7 @@ def _numbers(directory: Path, run_name: str) -> dict:
     client = MlflowClient(store_uri(directory))
     history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
     predictions = read_artifact_json(directory, run.info.run_id, "predictions.json")["predictions"]
-    local = client.download_artifacts(run.info.run_id, tracking.PARAMS_ARTIFACT, str(directory))
+    local = client.download_artifacts(run.info.run_id, PARAMS_ARTIFACT, str(directory))
     with np.load(local) as npz:
         params = {name: npz[name].tobytes().hex() for name in npz.files}
     return {
@@ -225,8 +227,8 @@ def test_numbers_do_not_depend_on_launcher_or_sweep(tmp_path):
 
 def test_environment_differences_name_each_tag():
     recorded = dict(provenance.environment_tags())
-    if tracking.git_commit():
-        recorded[tracking.TAG_GIT_COMMIT] = tracking.git_commit()
+    if writing.git_commit():
+        recorded[TAG_GIT_COMMIT] = writing.git_commit()
     assert replay.environment_differences(recorded) == []
     recorded |= {"xorexp.version.numpy": "1.0.0", provenance.TAG_PLATFORM: "Other-OS"}
     lines = replay.environment_differences(recorded)

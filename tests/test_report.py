@@ -13,7 +13,11 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from tests.conftest import run_cli, runs_of, store_uri
-from xorexp import report, summary, tracking
+from xorexp import report, summary
+from xorexp.params import config_hash, param_text, result_params, run_name, spec_from_params
+from xorexp.tracking.store import Store, open_store
+from xorexp.tracking.tags import TAG_EXPERIMENT_KIND
+from xorexp.tracking.uri import resolve_uri
 from xorexp.train import RunSpec
 
 # --- params as typed, hash and name unchanged -------------------------------------------------
@@ -25,17 +29,17 @@ from xorexp.train import RunSpec
      "0.30000000000000004"), (7, "7")],
 )
 def test_param_text_is_shortest_exact_text(value, text):
-    assert tracking.param_text(value) == text
+    assert param_text(value) == text
     assert float(text) == value and type(value)(float(text)) == value
 
 
 def test_result_params_as_typed_and_both_forms_parse_back():
     spec = RunSpec(lr=1.0, stop_loss=0.5, seed=3)
-    params = tracking.result_params(spec)
+    params = result_params(spec)
     assert params["lr"] == "1" and params["stop_loss"] == "0.5" and params["seed"] == "3"
-    assert tracking.spec_from_params(params) == spec
+    assert spec_from_params(params) == spec
     old = {**params, "lr": "1.0", "stop_loss": "0.5"}  # as logged before
-    assert tracking.spec_from_params(old) == spec
+    assert spec_from_params(old) == spec
 
 
 def test_config_hash_and_run_name_unchanged():
@@ -44,10 +48,10 @@ def test_config_hash_and_run_name_unchanged():
     old_text = json.dumps(
         {"hidden_units": "2", "lr": "1.0", "iterations": "150000", "seed": "42", "trace_every": "100",
          "stop_loss": "0.5"}, sort_keys=True)  # fmt: skip
-    assert tracking.config_hash(spec) == hashlib.sha256(old_text.encode()).hexdigest()[:16]
-    assert tracking.config_hash(spec) == "77b1ab7b8ef6bbb8"  # computed before this change
-    assert tracking.run_name(RunSpec(lr=1.0, seed=3)) == "h2-lr1-s3"
-    assert tracking.run_name(RunSpec(lr=0.001, hidden_units=4, seed=0)) == "h4-lr0.001-s0"
+    assert config_hash(spec) == hashlib.sha256(old_text.encode()).hexdigest()[:16]
+    assert config_hash(spec) == "77b1ab7b8ef6bbb8"  # computed before this change
+    assert run_name(RunSpec(lr=1.0, seed=3)) == "h2-lr1-s3"
+    assert run_name(RunSpec(lr=0.001, hidden_units=4, seed=0)) == "h4-lr0.001-s0"
 
 
 # --- sweep params, UI hint, description ------------------------------------------------------------
@@ -80,14 +84,14 @@ def test_sweep_params_fixed_and_swept():
 
 def test_ui_hint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    here = tracking.Store(tracking.resolve_uri(None, tmp_path), "3", None)
+    here = Store(resolve_uri(None, tmp_path), "3", None)
     assert report.ui_hint(here, "abc") == [
         "MLflow UI: python -m xorexp.ui",
         "then open http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning",
     ]
-    other = tracking.Store("sqlite:////data/x.db", "3", None)
+    other = Store("sqlite:////data/x.db", "3", None)
     assert report.ui_hint(other, "abc")[0] == "MLflow UI: python -m xorexp.ui --tracking-uri sqlite:////data/x.db"
-    server = tracking.Store("http://bob:secret@127.0.0.1:5000", "3", None)
+    server = Store("http://bob:secret@127.0.0.1:5000", "3", None)
     [line] = report.ui_hint(server, "abc")
     assert "secret" not in line
     assert line.endswith("127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
@@ -142,8 +146,8 @@ def test_children_params_as_typed_and_hash_kept(swept):
     root, parent, children = swept
     assert sorted(c.data.params["lr"] for c in children) == ["0.1", "0.1", "1", "1"]
     for child in children:
-        spec = tracking.spec_from_params(child.data.params)
-        assert child.data.tags["xorexp.config_hash"] == tracking.config_hash(spec)
+        spec = spec_from_params(child.data.params)
+        assert child.data.tags["xorexp.config_hash"] == config_hash(spec)
 
 
 @pytest.mark.slow
@@ -161,7 +165,7 @@ def test_experiment_kind_and_parent_description(swept, tmp_path):
     root, parent, children = swept
     client = MlflowClient(store_uri(root))
     experiment = client.get_experiment(parent.info.experiment_id)
-    assert experiment.tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    assert experiment.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
     note = parent.data.tags["mlflow.note.content"]
     best = parent.data.tags["xorexp.best_run_id"]
     assert f"(#/experiments/{experiment.experiment_id}/runs/{best}?workflowType=machine_learning)" in note
@@ -170,11 +174,11 @@ def test_experiment_kind_and_parent_description(swept, tmp_path):
     # an experiment made before the tag gets it when opened for writing, not when read
     uri = f"sqlite:///{tmp_path / 'old.db'}"
     old = MlflowClient(uri).create_experiment("old")
-    tracking.open_store(uri, "old", create=False)
-    assert tracking.TAG_EXPERIMENT_KIND not in MlflowClient(uri).get_experiment(old).tags
-    tracking.open_store(uri, "old")
+    open_store(uri, "old", create=False)
+    assert TAG_EXPERIMENT_KIND not in MlflowClient(uri).get_experiment(old).tags
+    open_store(uri, "old")
     tags = MlflowClient(uri).get_experiment(old).tags
-    assert tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    assert tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
 
 
 @pytest.mark.slow

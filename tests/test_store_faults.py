@@ -23,9 +23,13 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Param
 
 from tests.conftest import ROOT, free_port, run_cli, runs_of, store_uri
-from xorexp import tracking
+from xorexp.tracking import writing
+from xorexp.tracking.store import _safe_name, open_store
+from xorexp.tracking.tags import TAG_HOST, TAG_PID
+from xorexp.tracking.uri import StoreError, describe_store_error, redact
 
 PASSWORD = "s3cret-pw"
 SINGLE = ("iterations=100",)
@@ -295,7 +299,7 @@ def test_first_commands_started_at_once_on_a_fresh_directory_all_succeed(n, tmp_
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert not [t for t in tables if t.startswith("_alembic_tmp_")]
     assert not list(tmp_path.glob(".mlflow.db.*"))
-    store = tracking.open_store(store_uri(tmp_path), "xorexp")  # and it opens fine for writing afterwards
+    store = open_store(store_uri(tmp_path), "xorexp")  # and it opens fine for writing afterwards
     assert store.experiment_id == runs[0].info.experiment_id
 
 
@@ -304,7 +308,7 @@ def test_first_commands_started_at_once_on_a_fresh_directory_all_succeed(n, tmp_
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "../../up", "/abs", "." * 3, "x" * 500, "é\\z"])
 def test_an_experiment_folder_name_stays_inside_mlartifacts(name):
-    folder = tracking._safe_name(name)
+    folder = _safe_name(name)
     assert folder and "/" not in folder and "\\" not in folder
     assert not folder.startswith(".") and len(folder) <= 100
 
@@ -350,37 +354,37 @@ def test_replay_refuses_in_one_line(case, template, tmp_path):
 
 
 def test_redact_hides_passwords_and_nothing_else():
-    assert tracking.redact("http://bob:pw@host:5000/x") == "http://bob:***@host:5000/x"
-    assert tracking.redact("postgresql+psycopg2://u:p@ss@db/x") == "postgresql+psycopg2://u:***@db/x"
-    assert tracking.redact("https://h/?token=abc&x=1") == "https://h/?token=***&x=1"
+    assert redact("http://bob:pw@host:5000/x") == "http://bob:***@host:5000/x"
+    assert redact("postgresql+psycopg2://u:p@ss@db/x") == "postgresql+psycopg2://u:***@db/x"
+    assert redact("https://h/?token=abc&x=1") == "https://h/?token=***&x=1"
     for plain in ("sqlite:////tmp/a b/mlflow.db", "http://127.0.0.1:5000", "databricks", "http://bob@h"):
-        assert tracking.redact(plain) == plain
+        assert redact(plain) == plain
 
 
 def test_open_store_read_only_creates_nothing(template, tmp_path):
     missing = store_uri(tmp_path / "nowhere")
-    with pytest.raises(tracking.StoreError, match="no store at"):
-        tracking.open_store(missing, "xorexp", create=False)
+    with pytest.raises(StoreError, match="no store at"):
+        open_store(missing, "xorexp", create=False)
     assert not (tmp_path / "nowhere").exists()
     shutil.copy(template / "mlflow.db", tmp_path / "mlflow.db")
-    with pytest.raises(tracking.StoreError, match="no experiment 'other'"):
-        tracking.open_store(store_uri(tmp_path), "other", create=False)
+    with pytest.raises(StoreError, match="no experiment 'other'"):
+        open_store(store_uri(tmp_path), "other", create=False)
     assert MlflowClient(store_uri(tmp_path)).get_experiment_by_name("other") is None
-    store = tracking.open_store(store_uri(tmp_path), "xorexp", create=False)
+    store = open_store(store_uri(tmp_path), "xorexp", create=False)
     assert len(store.client.search_runs([store.experiment_id])) == 1
 
 
 def test_an_empty_file_becomes_a_store_and_a_leftover_migration_table_is_dropped(template, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "mlflow.db").touch()
-    store = tracking.open_store(store_uri(tmp_path / "empty"), "xorexp")
+    store = open_store(store_uri(tmp_path / "empty"), "xorexp")
     assert store.client.search_runs([store.experiment_id]) == []
     shutil.copy(template / "mlflow.db", tmp_path / "mlflow.db")
     with sqlite3.connect(tmp_path / "mlflow.db") as connection:  # as an interrupted migration leaves it
         connection.execute("CREATE TABLE _alembic_tmp_latest_metrics AS SELECT * FROM latest_metrics")
-    with pytest.raises(tracking.StoreError, match="not a complete MLflow store"):
-        tracking.open_store(store_uri(tmp_path), "xorexp", create=False)  # read-only: repairs nothing
-    store = tracking.open_store(store_uri(tmp_path), "xorexp")
+    with pytest.raises(StoreError, match="not a complete MLflow store"):
+        open_store(store_uri(tmp_path), "xorexp", create=False)  # read-only: repairs nothing
+    store = open_store(store_uri(tmp_path), "xorexp")
     assert len(store.client.search_runs([store.experiment_id])) == 1
     with sqlite3.connect(tmp_path / "mlflow.db") as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -388,14 +392,14 @@ def test_an_empty_file_becomes_a_store_and_a_leftover_migration_table_is_dropped
 
 
 def test_open_store_cleans_runs_of_dead_writers_when_asked(tmp_path):
-    store = tracking.open_store(store_uri(tmp_path), "xorexp")
+    store = open_store(store_uri(tmp_path), "xorexp")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid is free now
-    tags = {tracking.TAG_HOST: socket.gethostname(), tracking.TAG_PID: str(dead.pid)}
+    tags = {TAG_HOST: socket.gethostname(), TAG_PID: str(dead.pid)}
     stale = store.client.create_run(store.experiment_id, tags=tags).info.run_id
-    alive = store.client.create_run(store.experiment_id, tags=tracking.process_tags()).info.run_id
-    assert tracking.open_store(store_uri(tmp_path), "xorexp").stale_runs == []  # not asked
-    reopened = tracking.open_store(store_uri(tmp_path), "xorexp", clean_stale=True)
+    alive = store.client.create_run(store.experiment_id, tags=writing.process_tags()).info.run_id
+    assert open_store(store_uri(tmp_path), "xorexp").stale_runs == []  # not asked
+    reopened = open_store(store_uri(tmp_path), "xorexp", clean_stale=True)
     assert reopened.stale_runs == [stale]
     assert store.client.get_run(stale).info.status == "KILLED"
     assert store.client.get_run(alive).info.status == "RUNNING"
@@ -403,12 +407,12 @@ def test_open_store_cleans_runs_of_dead_writers_when_asked(tmp_path):
 
 def test_a_moved_store_warns_that_artifacts_go_to_the_old_place(tmp_path, caplog):
     old = tmp_path / "old"
-    store = tracking.open_store(store_uri(old), "xorexp")
+    store = open_store(store_uri(old), "xorexp")
     run_id = store.client.create_run(store.experiment_id).info.run_id
-    tracking.log_files(store, run_id, files={"note.txt": "x"})
+    writing.log_files(store, run_id, files={"note.txt": "x"})
     old.rename(tmp_path / "new")
     with caplog.at_level(logging.WARNING, logger="xorexp.tracking"):
-        tracking.open_store(store_uri(tmp_path / "new"), "xorexp")
+        open_store(store_uri(tmp_path / "new"), "xorexp")
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "no longer exists" in warning and str(old / "mlartifacts" / "xorexp") in warning
 
@@ -417,18 +421,18 @@ def test_describe_store_error_on_a_real_full_disk(mounts, tmp_path):
     mount_tmpfs(tmp_path / "full", "size=2m")
     mounts.append(tmp_path / "full")
     uri = store_uri(tmp_path / "full")
-    store = tracking.open_store(uri, "xorexp")
+    store = open_store(uri, "xorexp")
     run_id = store.client.create_run(store.experiment_id).info.run_id
     fill(tmp_path / "full")
     with pytest.raises(Exception) as raised:
-        tracking.log_files(store, run_id, files={"big.txt": "x" * 1_000_000})
-    line = tracking.describe_store_error(raised.value)
+        writing.log_files(store, run_id, files={"big.txt": "x" * 1_000_000})
+    line = describe_store_error(raised.value)
     assert line is not None and uri in line and "no space left" in line and "\n" not in line
     with pytest.raises(Exception) as raised:
-        store.client.log_batch(run_id, params=[tracking.Param(f"p{i}", "v" * 5000) for i in range(100)])
-    line = tracking.describe_store_error(raised.value, uri)
+        store.client.log_batch(run_id, params=[Param(f"p{i}", "v" * 5000) for i in range(100)])
+    line = describe_store_error(raised.value, uri)
     assert line is not None and uri in line and "full" in line
-    assert tracking.describe_store_error(ValueError("not a store problem")) is None
+    assert describe_store_error(ValueError("not a store problem")) is None
 
 
 def test_describe_store_error_on_a_dead_server(monkeypatch):
@@ -436,7 +440,7 @@ def test_describe_store_error_on_a_dead_server(monkeypatch):
     uri = f"http://bob:{PASSWORD}@127.0.0.1:{free_port()}"
     with pytest.raises(Exception) as raised:
         MlflowClient(uri).get_experiment_by_name("xorexp")
-    line = tracking.describe_store_error(raised.value, uri)
+    line = describe_store_error(raised.value, uri)
     assert line is not None and "does not answer" in line and PASSWORD not in line
 
 

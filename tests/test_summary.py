@@ -15,6 +15,7 @@ from matplotlib.colors import to_hex
 from xorexp import summary, sweep_plots
 from xorexp.plot_style import OUTCOME_COLORS
 from xorexp.summary import RunRecord
+from xorexp.tracking.tags import TAG_OUTCOME
 
 
 def rec(run_id, h=2, lr="0.5", seed=0, outcome="solved", loss=0.01, solved_at=None, status="FINISHED", **kw):
@@ -124,10 +125,10 @@ def test_record_from_mlflow_run_by_duck_typing():
     run = run_like(
         params={**params, "other": "x"},
         metrics={"final_loss": 0.25, "solved_at": 5.0, "loss": 0.25, "accuracy": 1.0},
-        tags={summary.TAG_OUTCOME: "solved", summary.TAG_REUSED_FROM: "r0"},
+        tags={summary.TAG_OUTCOME: "solved"},
     )
     record = summary.record_from_mlflow_run(run)
-    assert record == RunRecord("r1", params, "solved", "FINISHED", 0.25, 5.0, reused=True)
+    assert record == RunRecord("r1", params, "solved", "FINISHED", 0.25, 5.0)
     assert record.has_result
 
     failed = summary.record_from_mlflow_run(run_like("FAILED", params=params))
@@ -145,9 +146,7 @@ def test_record_from_mlflow_run_by_duck_typing():
 def test_record_from_a_real_mlflow_run_entity():
     from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
-    from xorexp import tracking
-
-    assert summary.TAG_OUTCOME == tracking.TAG_OUTCOME
+    assert summary.TAG_OUTCOME == TAG_OUTCOME  # summary reads the tag tracking writes
     info = RunInfo(
         run_id="abc",
         experiment_id="0",
@@ -160,7 +159,7 @@ def test_record_from_a_real_mlflow_run_entity():
     data = RunData(
         metrics=[Metric("final_loss", 0.125, 0, 0)],
         params=[Param("hidden_units", "3"), Param("seed", "7")],
-        tags=[RunTag(tracking.TAG_OUTCOME, "stuck")],
+        tags=[RunTag(TAG_OUTCOME, "stuck")],
     )
     record = summary.record_from_mlflow_run(Run(info, data))
     assert record == RunRecord("abc", {"hidden_units": "3", "seed": "7"}, "stuck", "FINISHED", 0.125, None)

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 
 from tests.conftest import free_port, run_cli, runs_of, store_uri
 from tests.mlflow_server import start_server, stop_server
-from xorexp import tracking
+from xorexp.params import config_hash, spec_from_params
+from xorexp.tracking import writing
 from xorexp.train import RunSpec, train
 
 # one xdist worker: shares the module's mlflow server and sweeps
@@ -122,17 +123,17 @@ def test_sweep_against_the_server_follows_the_tracking_contract(server, client, 
     assert {c.info.run_name for c in children} == names
 
     for child in children:
-        spec = tracking.spec_from_params(child.data.params)
+        spec = spec_from_params(child.data.params)
         [expected] = train([spec])
         assert child.info.status == "FINISHED"
         assert set(child.data.params) == PARAM_KEYS
         assert child.data.params["iterations"] == "500" and child.data.params["stop_loss"] == "null"
         tags = child.data.tags
         assert tags["xorexp.outcome"] == expected.outcome
-        assert tags["xorexp.config_hash"] == tracking.config_hash(spec)
+        assert tags["xorexp.config_hash"] == config_hash(spec)
         assert f"seed={spec.seed}" in tags["xorexp.overrides"] and "lr=" in tags["xorexp.overrides"]
-        if tracking.git_commit():
-            assert tags["mlflow.source.git.commit"] == tracking.git_commit()
+        if writing.git_commit():
+            assert tags["mlflow.source.git.commit"] == writing.git_commit()
         metrics = child.data.metrics
         assert metrics["final_loss"] == expected.final_loss and metrics["accuracy"] == expected.accuracy
         assert metrics["steps"] == expected.steps

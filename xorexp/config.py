@@ -1,12 +1,15 @@
 """The config schema (a dataclass in Hydra's ConfigStore) and its conversion to a validated RunSpec.
 
-The user-typed result keys are declared ``Any`` on purpose: OmegaConf would reject a wrong type with a
-multi-line message of its own; xorexp checks every value itself (``train.RULES``) and reports one line
-that names the key, the value and what is allowed.
+The schema's result keys and their defaults are ``train.RunSpec``'s (through ``xorexp.params``), so
+they cannot drift apart; ``conf/config.yaml`` repeats the values for the reader (a test checks all
+three agree). The user-typed result keys are declared ``Any`` on purpose: OmegaConf would reject a
+wrong type with a multi-line message of its own; xorexp checks every value itself (``train.RULES``)
+and reports one line that names the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +21,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from xorexp.errors import ConfigError
-from xorexp.train import RULES, RunSpec, check_value
+from xorexp.params import DEFAULTS, INT_KEYS, RESULT_KEYS
+from xorexp.train import RunSpec, check_value
 
-RESULT_KEYS = tuple(RULES)  # the config values that shape a run's numbers
-INT_KEYS = ("hidden_units", "iterations", "seed", "trace_every")
 MAX_EXPERIMENT_NAME = 500  # MLflow's limit on an experiment name
 
 
@@ -33,15 +35,17 @@ class TrackingConf:
     trial: Any = None  # set by a search sweeper: the trial number, logged as tag xorexp.trial
 
 
-@dataclass
-class XorexpConf:
-    hidden_units: Any = 2
-    lr: Any = 0.1
-    iterations: Any = 150_000
-    seed: Any = 42
-    trace_every: Any = 100
-    stop_loss: Any = None
-    tracking: TrackingConf = field(default_factory=TrackingConf)
+# The config schema: one ``Any`` field per result key with RunSpec's default, in RunSpec's order, then
+# ``tracking``. Built, not written out, so a key or default changed in RunSpec changes it too.
+XorexpConf = dataclasses.make_dataclass(
+    "XorexpConf",
+    [
+        *((key, Any, field(default=DEFAULTS[key])) for key in RESULT_KEYS),
+        ("tracking", TrackingConf, field(default_factory=TrackingConf)),
+    ],
+)
+XorexpConf.__module__ = __name__  # found by name, like a class written here (pickling, Hydra)
+XorexpConf.__doc__ = "The job config: the values that shape a run (train.RunSpec's) and where it is tracked."
 
 
 def register() -> None:

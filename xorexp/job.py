@@ -24,10 +24,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from xorexp import parent_run, progress, tracking
+from xorexp import parent_run, progress
 from xorexp.chunks import render_run_plots
 from xorexp.errors import Abort, fail
+from xorexp.params import run_name
 from xorexp.progress import IterationProgress
+from xorexp.tracking import reading, writing
+from xorexp.tracking.store import Store, open_store
+from xorexp.tracking.tags import TAG_OUTCOME, TAG_OVERRIDES, TAG_TRIAL
+from xorexp.tracking.uri import StoreError, describe_store_error, redact, resolve_uri
 from xorexp.train import RunResult, RunSpec, train
 
 log = logging.getLogger(__name__)
@@ -51,28 +56,28 @@ def handing_over(spec: RunSpec, handover: Handover) -> Iterator[None]:
 
 
 @functools.cache
-def store_for(uri: str | None, experiment: str, launch_dir: str) -> tracking.Store:
+def store_for(uri: str | None, experiment: str, launch_dir: str) -> Store:
     """The opened store of a job or sweep (created if new; runs of crashed writers marked KILLED);
     an unusable one stops the command in one line (exit 2), before anything is created."""
     try:
-        return tracking.open_store(tracking.resolve_uri(uri, launch_dir), experiment, clean_stale=True)
-    except tracking.StoreError as error:
+        return open_store(resolve_uri(uri, launch_dir), experiment, clean_stale=True)
+    except StoreError as error:
         fail(error)
 
 
-def job_store(cfg: DictConfig) -> tracking.Store:
+def job_store(cfg: DictConfig) -> Store:
     return store_for(cfg.tracking.uri, cfg.tracking.experiment, HydraConfig.get().runtime.cwd)
 
 
 def job_tags(cfg: DictConfig) -> dict[str, str]:
-    tags = {tracking.TAG_OVERRIDES: tracking.redact(" ".join(HydraConfig.get().overrides.task))}
+    tags = {TAG_OVERRIDES: redact(" ".join(HydraConfig.get().overrides.task))}
     if cfg.tracking.trial is not None:
-        tags[tracking.TAG_TRIAL] = str(cfg.tracking.trial)
+        tags[TAG_TRIAL] = str(cfg.tracking.trial)
     return tags
 
 
 def track(
-    store: tracking.Store,
+    store: Store,
     run_id: str,
     result: RunResult,
     cfg: DictConfig,
@@ -82,11 +87,11 @@ def track(
     """Log one result with its job's config, Hydra files and plots into the started run."""
     hc = HydraConfig.get()
     if pngs is None:
-        pngs = render_run_plots(result, tracking.run_name(result.spec))
+        pngs = render_run_plots(result, run_name(result.spec))
     dirs = {}
     if hc.output_subdir:
         dirs[".hydra"] = Path(hc.runtime.output_dir) / hc.output_subdir
-    tracking.log_result(
+    writing.log_result(
         store,
         run_id,
         result,
@@ -120,28 +125,28 @@ class JobRecord:
         tmp.replace(self.path)  # a reader never sees half a record
 
 
-def reuse_finished(store: tracking.Store, spec: RunSpec, record: JobRecord) -> float | None:
+def reuse_finished(store: Store, spec: RunSpec, record: JobRecord) -> float | None:
     """With tracking.skip_finished: the final loss of a FINISHED run of this config, else None."""
-    found = tracking.find_finished(store, spec)
+    found = reading.find_finished(store, spec)
     if found is None:
         return None
-    run = store.client.get_run(found)
+    run = reading.get_run(store, found)
     record.write(run_id=found, reused=True, status="FINISHED")
-    log.info("%s: reused FINISHED run %s (tracking.skip_finished)", tracking.run_name(spec), found)
-    progress.job_ended(run.data.tags.get(tracking.TAG_OUTCOME), failed=False)
+    log.info("%s: reused FINISHED run %s (tracking.skip_finished)", run_name(spec), found)
+    progress.job_ended(run.data.tags.get(TAG_OUTCOME), failed=False)
     return run.data.metrics.get("final_loss", math.inf)
 
 
 def _job_label(hc) -> str:
-    overrides = tracking.redact(" ".join(hc.overrides.task))
+    overrides = redact(" ".join(hc.overrides.task))
     if hc.mode == RunMode.MULTIRUN:
         return f"job #{hc.job.num} ({overrides})"
     return f"the run ({overrides})" if overrides else "the run"
 
 
-def _store_abort(store: tracking.Store, error: BaseException) -> Abort | None:
+def _store_abort(store: Store, error: BaseException) -> Abort | None:
     """The Abort that stops the command when ``error`` means the store itself failed."""
-    problem = tracking.describe_store_error(error, store.uri)
+    problem = describe_store_error(error, store.uri)
     return Abort(problem) if problem else None
 
 
@@ -171,7 +176,7 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
     try:
         if handed is None:  # train here, the run RUNNING meanwhile
             if run_id is None:
-                run_id = tracking.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
+                run_id = writing.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
                 record.write(run_id=run_id, status="RUNNING")
             iterations = IterationProgress() if not multirun else None
             [result] = train([spec], progress=iterations)
@@ -184,7 +189,7 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
                 raise pngs
             assert result is not None
             if run_id is None:
-                run_id = tracking.start_run(
+                run_id = writing.start_run(
                     store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
                 )
                 record.write(run_id=run_id, status="RUNNING")
@@ -204,16 +209,16 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
         reused=False,
         status="FINISHED",
         outcome=result.outcome,
-        final_loss=tracking.finite_or_none(result.final_loss),
+        final_loss=writing.finite_or_none(result.final_loss),
         trace_every=result.spec.trace_every,
         loss_trace=result.loss_trace.tolist(),  # for the sweep's loss-curve plot, without store queries
     )
     log.info(
-        "%s: %s, final_loss %.6g, run %s", tracking.run_name(spec), result.outcome, result.final_loss, run_id
+        "%s: %s, final_loss %.6g, run %s", run_name(spec), result.outcome, result.final_loss, run_id
     )
     progress.job_ended(result.outcome, failed=False)
     if not multirun:
-        name = tracking.run_name(spec)
+        name = run_name(spec)
         print(f"{name}: {result.outcome}, final loss {result.final_loss:.6g} (run {run_id})")
     return result.final_loss
 
@@ -226,8 +231,8 @@ def _failed(cfg, store, spec, record: JobRecord, run_id, parent_id, error: Excep
     abort = _store_abort(store, error)
     try:
         if run_id is None:
-            run_id = tracking.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
-        tracking.log_failure(store, run_id, spec, text)
+            run_id = writing.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
+        writing.log_failure(store, run_id, spec, text)
     except Exception as second:  # the store refuses the failure too
         log.info("could not record the failure", exc_info=True)
         abort = abort or _store_abort(store, second) or Abort(f"could not record a failed run: {second}")
@@ -242,8 +247,8 @@ def _failed(cfg, store, spec, record: JobRecord, run_id, parent_id, error: Excep
     raise Abort(line)
 
 
-def _end_quietly(store: tracking.Store, run_id: str, status: str) -> None:
+def _end_quietly(store: Store, run_id: str, status: str) -> None:
     try:
-        tracking.finish_run(store, run_id, status)
+        writing.finish_run(store, run_id, status)
     except Exception:
         log.warning("could not mark run %s %s", run_id, status, exc_info=True)

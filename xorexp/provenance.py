@@ -161,7 +161,7 @@ def process_command() -> str:
 
 def tags() -> dict[str, str]:
     """Provenance tags of a run."""
-    from xorexp.tracking import redact  # imported by now: tracking imports this module
+    from xorexp.tracking.uri import redact  # imported by now: tracking imports this module
 
     return {**environment_tags(), TAG_COMMAND: redact(process_command())}
 

@@ -20,18 +20,29 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xorexp import provenance, tracking
-from xorexp.model import PARAM_NAMES, load_params
-from xorexp.train import RunResult, RunSpec, train
+from xorexp import provenance
+from xorexp.params import RESULT_KEYS, result_params, run_name, spec_from_params
+from xorexp.pyfunc import PARAM_NAMES, load_params
+from xorexp.tracking import reading, writing
+from xorexp.tracking.store import Store, find_run, open_store
+from xorexp.tracking.tags import (
+    CONFIG_ARTIFACT,
+    PARAMS_ARTIFACT,
+    PREDICTIONS_ARTIFACT,
+    ROLE_SWEEP,
+    TAG_GIT_COMMIT,
+    TAG_OUTCOME,
+    TAG_ROLE,
+)
+from xorexp.tracking.uri import StoreError, describe_store_error, redact, resolve_uri
+from xorexp.train import RunResult, train
 
-PARAM_KEYS = tuple(tracking.result_params(RunSpec()))
 SUMMARY_METRICS = ("final_loss", "accuracy", "steps", "solved_at")
 
 
@@ -92,45 +103,46 @@ def _same(a: float | None, b: float | None) -> bool:
 
 
 def _finite(values) -> list[float | None]:
-    return [tracking.finite_or_none(float(v)) for v in np.asarray(values, dtype=np.float64).ravel()]
+    return [writing.finite_or_none(float(v)) for v in np.asarray(values, dtype=np.float64).ravel()]
 
 
 def open_run(
     uri: str, run_id: str, experiment: str | None, log_run: bool = False
-) -> tuple[tracking.Store, object]:
+) -> tuple[Store, object]:
     """The store holding the run, and the run; BadInput when either is missing.
 
     Without ``log_run`` nothing is written: no store file, schema or experiment is created (the
     store is opened in the run's own experiment; ``experiment`` only names where ``--log`` goes)."""
-    client = tracking.open_client(uri)
     try:
-        run = client.get_run(run_id)
+        run, run_experiment = find_run(uri, run_id)
+    except StoreError:
+        raise
     except Exception as error:
-        problem = tracking.describe_store_error(error, uri)
-        raise BadInput(problem or f"no run {run_id!r} in {tracking.redact(uri)}") from None
-    if run.data.tags.get(tracking.TAG_ROLE) == "sweep":
+        problem = describe_store_error(error, uri)
+        raise BadInput(problem or f"no run {run_id!r} in {redact(uri)}") from None
+    if run.data.tags.get(TAG_ROLE) == ROLE_SWEEP:
         raise BadInput(
             f"run {run_id} is a sweep's parent run, not a training run: replay one of its child runs "
             f"(python -m xorexp.report --run {run_id} lists its groups)"
         )
-    missing = [key for key in PARAM_KEYS if key not in run.data.params]
+    missing = [key for key in RESULT_KEYS if key not in run.data.params]
     if missing:
         raise BadInput(
             f"run {run_id} has no xorexp params ({', '.join(missing)} missing): not a training run"
         )
     if experiment is None or not log_run:
-        experiment = client.get_experiment(run.info.experiment_id).name
-    return tracking.open_store(uri, experiment, create=log_run), run
+        experiment = run_experiment
+    return open_store(uri, experiment, create=log_run), run
 
 
 def environment_differences(recorded_tags: dict[str, str]) -> list[str]:
     """One line per recorded environment tag (and commit) that differs from this process's."""
     now = dict(provenance.environment_tags())
     keys = list(provenance.ENVIRONMENT_KEYS)
-    commit = tracking.git_commit()
+    commit = writing.git_commit()
     if commit:
-        now[tracking.TAG_GIT_COMMIT] = commit
-    keys.append(tracking.TAG_GIT_COMMIT)
+        now[TAG_GIT_COMMIT] = commit
+    keys.append(TAG_GIT_COMMIT)
     lines = []
     for key in keys:
         recorded, current = recorded_tags.get(key), now.get(key)
@@ -143,21 +155,19 @@ def environment_differences(recorded_tags: dict[str, str]) -> list[str]:
     return lines
 
 
-def _recorded_params(store: tracking.Store, run_id: str) -> list[float | None] | None:
-    with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
-        try:
-            local = store.client.download_artifacts(run_id, tracking.PARAMS_ARTIFACT, tmp)
-        except Exception:
+def _recorded_params(store: Store, run_id: str) -> list[float | None] | None:
+    with reading.downloaded(store, run_id, PARAMS_ARTIFACT) as local:
+        if local is None:
             return None
         arrays = load_params(local)
         return _finite(np.concatenate([arrays[name].ravel() for name in PARAM_NAMES]))
 
 
-def compare(store: tracking.Store, run, result: RunResult) -> list[Comparison]:
+def compare(store: Store, run, result: RunResult) -> list[Comparison]:
     """Every logged quantity of ``run`` against ``result``."""
     run_id = run.info.run_id
-    steps, values = tracking.loss_history(store, run_id)
-    replayed_trace = [(m.step, m.value) for m in tracking.run_metrics(result, 0) if m.key == "loss"]
+    steps, values = reading.loss_history(store, run_id)
+    replayed_trace = [(m.step, m.value) for m in writing.run_metrics(result, 0) if m.key == "loss"]
     recorded_steps = [int(s) for s in steps]
     replayed_steps = [s for s, _ in replayed_trace]
     mismatch = None
@@ -174,13 +184,13 @@ def compare(store: tracking.Store, run, result: RunResult) -> list[Comparison]:
         )
     )
 
-    text = tracking.read_text_artifact(store, run_id, "predictions.json")
+    text = reading.read_text_artifact(store, run_id, PREDICTIONS_ARTIFACT)
     recorded_predictions = None
     if text is not None:
         recorded_predictions = [None if v is None else float(v) for v in json.loads(text)["predictions"]]
     out.append(Comparison("predictions", recorded_predictions, _finite(result.predictions)))
 
-    replayed_metrics = {m.key: m.value for m in tracking.run_metrics(result, 0) if m.key in SUMMARY_METRICS}
+    replayed_metrics = {m.key: m.value for m in writing.run_metrics(result, 0) if m.key in SUMMARY_METRICS}
     logged = run.data.metrics
     names = [name for name in SUMMARY_METRICS if name in logged or name in replayed_metrics]
     out.append(
@@ -190,7 +200,7 @@ def compare(store: tracking.Store, run, result: RunResult) -> list[Comparison]:
             [replayed_metrics.get(name) for name in names],
         )
     )
-    recorded_outcome = run.data.tags.get(tracking.TAG_OUTCOME)
+    recorded_outcome = run.data.tags.get(TAG_OUTCOME)
     out.append(
         Comparison(
             "outcome",
@@ -204,29 +214,29 @@ def compare(store: tracking.Store, run, result: RunResult) -> list[Comparison]:
     return out
 
 
-def log_replay(store: tracking.Store, run, result: RunResult) -> str:
+def log_replay(store: Store, run, result: RunResult) -> str:
     """The replay as a new run of the store, tagged ``xorexp.replay_of``."""
     from xorexp.chunks import render_run_plots
 
-    config = tracking.read_text_artifact(store, run.info.run_id, "config.yaml")
-    return tracking.log_replay(
+    config = reading.read_text_artifact(store, run.info.run_id, CONFIG_ARTIFACT)
+    return writing.log_replay(
         store,
         result,
         replay_of=run.info.run_id,
-        blobs=render_run_plots(result, tracking.run_name(result.spec)),
-        files={"config.yaml": config} if config is not None else None,
+        blobs=render_run_plots(result, run_name(result.spec)),
+        files={CONFIG_ARTIFACT: config} if config is not None else None,
     )
 
 
 def replay(run_id: str, uri: str, experiment: str | None = None, log_run: bool = False) -> int:
     store, run = open_run(uri, run_id, experiment, log_run)
     try:
-        spec = tracking.spec_from_params(run.data.params)
+        spec = spec_from_params(run.data.params)
     except (KeyError, ValueError) as error:
         raise BadInput(f"run {run_id} has params that are not a valid config: {error}") from None
     print(
         f"replay of run {run_id} ({run.info.run_name}): "
-        + " ".join(f"{k}={v}" for k, v in tracking.result_params(spec).items())
+        + " ".join(f"{k}={v}" for k, v in result_params(spec).items())
     )
     for line in environment_differences(run.data.tags):
         print(line)
@@ -256,14 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log", action="store_true", help="record the replay as a new run")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our output is the report
-    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    uri = resolve_uri(args.tracking_uri, Path.cwd())
     try:
         return replay(args.run_id, uri, args.experiment, args.log)
-    except (BadInput, tracking.StoreError) as error:
+    except (BadInput, StoreError) as error:
         print(f"xorexp.replay: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a store that fails midway (locked, full, server gone): one line
-        problem = tracking.describe_store_error(error, uri)
+        problem = describe_store_error(error, uri)
         if problem is None:
             raise
         print(f"xorexp.replay: {problem}", file=sys.stderr)

@@ -15,7 +15,6 @@ import json
 import logging
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,57 +22,72 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from xorexp import summary, sweep_plots, tracking
-from xorexp.config import RESULT_KEYS, sweep_overrides
+from xorexp import summary
+from xorexp.config import sweep_overrides
+from xorexp.params import INT_KEYS, RESULT_KEYS, param_text
+from xorexp.tracking import reading, writing
+from xorexp.tracking.health import check_server
+from xorexp.tracking.store import Store, open_store
+from xorexp.tracking.tags import (
+    MODEL_NAME,
+    PARAMS_ARTIFACT,
+    REUSED_ARTIFACT,
+    ROLE_SWEEP,
+    TAG_BEST_MODEL,
+    TAG_BEST_PREFIX,
+    TAG_BEST_RUN,
+    TAG_NOTE,
+    TAG_PARENT,
+    TAG_REUSED,
+    TAG_ROLE,
+)
+from xorexp.tracking.uri import SQLITE_PREFIX, StoreError, redact, resolve_uri, store_kind
 
 log = logging.getLogger(__name__)
 
-REUSED_FILE = "reused_runs.json"  # artifact of the parent: ids of FINISHED runs reused by the sweep
-TAG_BEST_MODEL = "xorexp.best_model"  # on the parent: runs:/<best run id>/model
-TAG_NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 UI_PORT = 5000  # python -m xorexp.ui's default port
 UI_QUERY = "?workflowType=machine_learning"  # the MLflow UI's model-training view (see run_url)
 MAX_NOTE_ROWS = 30  # groups shown in the parent's description; all of them are in summary.csv
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
-def collect(store: tracking.Store, parent_run_id: str, reused_ids: list[str] | None = None) -> list:
+def collect(store: Store, parent_run_id: str, reused_ids: list[str] | None = None) -> list:
     """The sweep's runs as summary records: its children plus the runs it reused."""
     if reused_ids is None:
-        text = tracking.read_text_artifact(store, parent_run_id, REUSED_FILE)
+        text = reading.read_text_artifact(store, parent_run_id, REUSED_ARTIFACT)
         reused_ids = json.loads(text) if text else []
-    records = [summary.record_from_mlflow_run(run) for run in tracking.sweep_children(store, parent_run_id)]
-    for run in tracking.get_runs(store, reused_ids):
+    records = [summary.record_from_mlflow_run(run) for run in reading.sweep_children(store, parent_run_id)]
+    for run in reading.get_runs(store, reused_ids):
         records.append(dataclasses.replace(summary.record_from_mlflow_run(run), reused=True))
     return records
 
 
-def loss_curves(store: tracking.Store, groups: list, known: Mapping[str, tuple] | None = None) -> list:
+def loss_curves(store: Store, groups: list, known: Mapping[str, tuple] | None = None) -> list:
     """Per group, the loss traces of its runs as (steps, values) pairs: from ``known`` (run id ->
     trace, e.g. what the sweep's jobs wrote in their job dirs) where there, else from the store
     (one query per run: ~8 s for 1,000 runs)."""
     known = known or {}
     return [
         [
-            known[run_id] if run_id in known else tracking.loss_history(store, run_id)
+            known[run_id] if run_id in known else reading.loss_history(store, run_id)
             for run_id in group.run_ids
         ]
         for group in groups
     ]
 
 
-def log_best_model(store: tracking.Store, run_id: str) -> bool:
+def log_best_model(store: Store, run_id: str) -> bool:
     """Give the sweep's best run its MLflow model (from its ``model/params.npz``); False if it cannot."""
+    from xorexp import pyfunc  # MLflow's model code and pandas: only when a sweep ends
+
     try:
-        if tracking.has_model(store, run_id):
+        if pyfunc.has_model(store, run_id):
             return True
-        with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
-            try:
-                params_file = store.client.download_artifacts(run_id, tracking.PARAMS_ARTIFACT, tmp)
-            except Exception:
-                log.warning("best run %s has no %s: no model logged", run_id, tracking.PARAMS_ARTIFACT)
+        with reading.downloaded(store, run_id, PARAMS_ARTIFACT) as params_file:
+            if params_file is None:
+                log.warning("best run %s has no %s: no model logged", run_id, PARAMS_ARTIFACT)
                 return False
-            tracking.log_model(store, run_id, params_file)
+            pyfunc.log_model(store, run_id, params_file)
         return True
     except Exception:
         log.warning("could not log the model of best run %s", run_id, exc_info=True)
@@ -81,7 +95,7 @@ def log_best_model(store: tracking.Store, run_id: str) -> bool:
 
 
 def finish_sweep(
-    store: tracking.Store,
+    store: Store,
     parent_run_id: str,
     reused_ids: list[str],
     traces: Mapping[str, tuple] | None = None,
@@ -102,7 +116,7 @@ def finish_sweep(
     if lost:
         print(f"{lost} job(s) of the sweep left no run in the store (see the sweep's log)", flush=True)
     metrics: dict[str, float] = {"runs": float(len(records)), "failed_jobs": float(failed)}
-    tags = {tracking.TAG_REUSED: str(len(reused_ids))}
+    tags = {TAG_REUSED: str(len(reused_ids))}
     best = groups[0] if groups and groups[0].n_seeds else None
     if best is not None:
         names = ("success_rate", "final_loss_median", "final_loss_mean", "final_loss_std", "solved_at_median")
@@ -110,24 +124,26 @@ def finish_sweep(
             value = getattr(best, name)
             if value is not None:
                 metrics[f"best.{name}"] = float(value)
-        tags["xorexp.best_run_id"] = best.best_run_id or ""
-        tags.update({f"xorexp.best.{key}": _group_value(best, key) for key in best.params})
+        tags[TAG_BEST_RUN] = best.best_run_id or ""
+        tags.update({f"{TAG_BEST_PREFIX}{key}": _group_value(best, key) for key in best.params})
         if best.best_run_id and log_best_model(store, best.best_run_id):
-            tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{tracking.MODEL_NAME}"
+            tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{MODEL_NAME}"
     tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
     figures = {}
     if records:
+        from xorexp import sweep_plots  # matplotlib: loaded when a sweep ends, not by every command
+
         figures = sweep_plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
-    tracking.log_to_run(
+    writing.log_to_run(
         store,
         parent_run_id,
         metrics=metrics,
         tags=tags,
-        files={"summary.csv": summary.to_csv(groups), REUSED_FILE: json.dumps(reused_ids)},
+        files={"summary.csv": summary.to_csv(groups), REUSED_ARTIFACT: json.dumps(reused_ids)},
         figures=figures,
     )
     status = "FAILED" if failed else "FINISHED"
-    tracking.finish_run(store, parent_run_id, status)
+    writing.finish_run(store, parent_run_id, status)
     print(f"sweep: parent run {parent_run_id}, {len(records)} runs, {failed} failed: {status}")
     if best is not None and best.best_run_id:
         config = " ".join(f"{key}={_group_value(best, key)}" for key in best.params)
@@ -146,19 +162,19 @@ def run_url(experiment_id: str, run_id: str, base: str = "") -> str:
     return f"{base}#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
 
 
-def ui_hint(store: tracking.Store, parent_run_id: str) -> list[str]:
+def ui_hint(store: Store, parent_run_id: str) -> list[str]:
     """The lines a sweep prints at its end: how to look at it in the MLflow UI.
 
     For a local store: the command that serves it (``--tracking-uri`` only when it is not the
     default of this directory) and the URL of the parent run. For a tracking server, which is the UI
     already: the URL only.
     """
-    if store.uri.startswith(("http://", "https://")):
-        base = tracking.redact(store.uri).rstrip("/") + "/"
+    if store_kind(store.uri) == "server":
+        base = redact(store.uri).rstrip("/") + "/"
         return [f"MLflow UI: {run_url(store.experiment_id, parent_run_id, base)}"]
     command = "python -m xorexp.ui"
-    if store.uri != tracking.resolve_uri(None, Path.cwd()):
-        command += f" --tracking-uri {tracking.redact(store.uri)}"
+    if store.uri != resolve_uri(None, Path.cwd()):
+        command += f" --tracking-uri {redact(store.uri)}"
     base = f"http://127.0.0.1:{UI_PORT}/"
     return [
         f"MLflow UI: {command}",
@@ -167,14 +183,14 @@ def ui_hint(store: tracking.Store, parent_run_id: str) -> list[str]:
 
 
 def _value_text(key: str, value: Any) -> str:
-    """A config value as a param: numbers as typed (``tracking.param_text``), None as ``null``."""
+    """A config value as a param: numbers as typed (``params.param_text``), None as ``null``."""
     if value is None:
         return "null"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    if key in summary.RESULT_KEYS and key not in ("lr", "stop_loss"):
-        return tracking.param_text(value)
-    return tracking.param_text(float(value))
+    if key in INT_KEYS:
+        return param_text(value)
+    return param_text(float(value))
 
 
 def _sweep_text(key: str, override: Any) -> str:
@@ -286,14 +302,14 @@ def sweep_description(experiment_id: str, groups: Sequence[summary.GroupSummary]
 def check_readable(uri: str) -> None:
     """Refuse, before MLflow touches it, a sqlite store that is missing, not a database or not
     MLflow's: MLflow would create (or add its tables to) the file. Raises StoreError."""
-    if uri.startswith(("http://", "https://")):
-        tracking.check_server(uri)
+    if store_kind(uri) == "server":
+        check_server(uri)
         return
-    if not uri.startswith("sqlite:///"):
+    if not uri.startswith(SQLITE_PREFIX):
         return
-    path = Path(uri[len("sqlite:///") :])
+    path = Path(uri[len(SQLITE_PREFIX) :])
     if not path.is_file():
-        raise tracking.StoreError(
+        raise StoreError(
             f"no store at {uri}: run a sweep here first, or pass --tracking-uri of an existing store"
         )
     try:
@@ -304,39 +320,39 @@ def check_readable(uri: str) -> None:
             connection.close()
         tables = {row[0] for row in rows}
     except sqlite3.Error as error:
-        raise tracking.StoreError(f"store {uri} is not a readable sqlite database ({error})") from None
+        raise StoreError(f"store {uri} is not a readable sqlite database ({error})") from None
     if not {"experiments", "runs", "alembic_version"} <= tables:
-        raise tracking.StoreError(f"store {uri} is not an MLflow database (no MLflow tables in it)")
+        raise StoreError(f"store {uri} is not an MLflow database (no MLflow tables in it)")
 
 
-def open_sweep(store: tracking.Store, run_id: str) -> Any:
+def open_sweep(store: Store, run_id: str) -> Any:
     """The parent run of a sweep, by id; StoreError when there is no such run or it is no sweep."""
     try:
-        run = store.client.get_run(run_id)
+        run = reading.get_run(store, run_id)
     except Exception:
-        raise tracking.StoreError(
-            f"no run {run_id!r} in {tracking.redact(store.uri)}: list the sweeps with --list"
+        raise StoreError(
+            f"no run {run_id!r} in {redact(store.uri)}: list the sweeps with --list"
         ) from None
-    if run.data.tags.get(tracking.TAG_ROLE) != "sweep":
-        parent = run.data.tags.get(tracking.TAG_PARENT)
+    if run.data.tags.get(TAG_ROLE) != ROLE_SWEEP:
+        parent = run.data.tags.get(TAG_PARENT)
         hint = f"its sweep is run {parent}" if parent else "list the sweeps with --list"
-        raise tracking.StoreError(f"run {run_id} is not a sweep (no {tracking.TAG_ROLE} tag): {hint}")
+        raise StoreError(f"run {run_id} is not a sweep (no {TAG_ROLE} tag): {hint}")
     if run.info.experiment_id != store.experiment_id:
-        raise tracking.StoreError(
+        raise StoreError(
             f"run {run_id} is not in the experiment given: pass its experiment with --experiment"
         )
     return run
 
 
-def sweep_list(store: tracking.Store) -> list[str]:
+def sweep_list(store: Store) -> list[str]:
     """One line per sweep of the experiment, newest first: id, start, runs, status, name."""
-    parents = tracking._search_all(store, f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
+    parents = reading.sweeps(store)
     parents.sort(key=lambda run: run.info.start_time or 0, reverse=True)
     rows = []
     for run in parents:
         runs = run.data.metrics.get("runs")
         if runs is None:  # not finished: count its children so far
-            runs = len(tracking.sweep_children(store, run.info.run_id))
+            runs = len(reading.sweep_children(store, run.info.run_id))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((run.info.start_time or 0) / 1000))
         rows.append([run.info.run_id, started, str(int(runs)), run.info.status, run.info.run_name or ""])
     if not rows:
@@ -362,33 +378,33 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--run", default=None, help="parent run id of the sweep (default: the latest sweep)")
     which.add_argument("--list", action="store_true", help="list the experiment's sweeps, newest first")
     args = parser.parse_args(argv)
-    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    uri = resolve_uri(args.tracking_uri, Path.cwd())
     try:
         return _report(uri, args)
-    except tracking.StoreError as error:
+    except StoreError as error:
         print(f"xorexp: {error}", file=sys.stderr)
     except Exception as error:  # a store MLflow cannot read: one line, never a traceback
         reason = " ".join(str(error).split())[:300] or type(error).__name__
-        print(f"xorexp: cannot read the store {tracking.redact(uri)} ({reason}): "
+        print(f"xorexp: cannot read the store {redact(uri)} ({reason}): "
               "check --tracking-uri", file=sys.stderr)
     return 2
 
 
 def _report(uri: str, args: argparse.Namespace) -> int:
     check_readable(uri)
-    store = tracking.open_store(uri, args.experiment, create=False)
+    store = open_store(uri, args.experiment, create=False)
     if args.list:
         print("\n".join(sweep_list(store)))
         return 0
     if args.run:
         run = open_sweep(store, args.run)
     else:
-        parent = tracking.latest_sweep(store)
+        parent = reading.latest_sweep(store)
         if parent is None:
-            raise tracking.StoreError(
-                f"no sweep in experiment {args.experiment!r} of {tracking.redact(uri)}: run one with -m"
+            raise StoreError(
+                f"no sweep in experiment {args.experiment!r} of {redact(uri)}: run one with -m"
             )
-        run = store.client.get_run(parent)
+        run = reading.get_run(store, parent)
     parent = run.info.run_id
     print(f"sweep {run.info.run_name} (run {parent}, {run.info.status})")
     print(summary.format_table(summary.summarize(collect(store, parent))))

@@ -24,15 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from xorexp.params import INT_KEYS, RESULT_KEYS
+from xorexp.tracking.tags import TAG_OUTCOME
 from xorexp.train import OUTCOMES
 
-# the same strings as in xorexp.tracking, which this module must not import (it imports mlflow)
-TAG_OUTCOME = "xorexp.outcome"
-TAG_REUSED_FROM = "xorexp.reused_from"
-
-RESULT_KEYS = ("hidden_units", "lr", "iterations", "seed", "trace_every", "stop_loss")
 GROUP_KEYS = tuple(k for k in RESULT_KEYS if k != "seed")
-_INT_KEYS = frozenset({"hidden_units", "iterations", "seed", "trace_every"})
+_INT_KEYS = frozenset(INT_KEYS)
 _NULL = frozenset({"null", "None", "none", ""})
 _NO_RESULT_STATUSES = frozenset({"FAILED", "KILLED"})
 
@@ -86,7 +83,6 @@ def record_from_mlflow_run(run: Any) -> RunRecord:
         status=status if isinstance(status, str) else str(status),
         final_loss=_finite(metrics.get("final_loss")),
         solved_at=_finite(metrics.get("solved_at")),
-        reused=bool(tags.get(TAG_REUSED_FROM)),
     )
 
 
@@ -104,7 +100,7 @@ def parse_param(key: str, text: str | None) -> int | float | None:
 
 
 def _canonical(key: str, text: str | None) -> str:
-    """The param as ``tracking.result_params`` writes it, so "0.10" and "0.1" group together."""
+    """The param as ``params.result_params`` writes it, so "0.10" and "0.1" group together."""
     if text is None:
         return ""
     value = parse_param(key, text)
@@ -112,7 +108,7 @@ def _canonical(key: str, text: str | None) -> str:
         return "null" if text.strip() in _NULL - {""} else text.strip()
     if isinstance(value, int):
         return str(value)
-    text = repr(float(value))  # as the param is written (tracking.param_text): "1", not "1.0"
+    text = repr(float(value))  # as the param is written (params.param_text): "1", not "1.0"
     return text[:-2] if text.endswith(".0") else text
 
 

@@ -25,10 +25,14 @@ import numpy as np
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from xorexp import parent_run, progress, report, tracking
+from xorexp import parent_run, progress, report
 from xorexp.config import check_sweep, count_jobs
 from xorexp.errors import Abort, ConfigError, fail
 from xorexp.job import JOB_RECORD, store_for
+from xorexp.tracking import reading, writing
+from xorexp.tracking.store import Store
+from xorexp.tracking.tags import TAG_OVERRIDES, TAG_SWEEP
+from xorexp.tracking.uri import describe_store_error, redact
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def preset_name(config: DictConfig) -> str | None:
 def sweep_name(config: DictConfig) -> str:
     """The parent run's name: the sweep preset, or the overrides, plus the time."""
     label = preset_name(config) or " ".join(config.hydra.overrides.task) or "sweep"
-    return f"{tracking.redact(label)[:80]} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    return f"{redact(label)[:80]} @ {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
 def check_plugins(config: DictConfig) -> None:
@@ -88,11 +92,11 @@ def job_trace(record: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def resume_command() -> str:
     args = [arg for arg in sys.argv[1:] if not arg.startswith("tracking.skip_finished=")]
-    return tracking.redact(shlex.join(["python", "-m", "xorexp", *args, "tracking.skip_finished=true"]))
+    return redact(shlex.join(["python", "-m", "xorexp", *args, "tracking.skip_finished=true"]))
 
 
 class Sweep:
-    def __init__(self, config: DictConfig, store: tracking.Store, parent: parent_run.ParentRun) -> None:
+    def __init__(self, config: DictConfig, store: Store, parent: parent_run.ParentRun) -> None:
         self.config = config
         self.store = store
         self.parent = parent
@@ -115,11 +119,11 @@ class Sweep:
             # a new store is created and migrated here, once, never by concurrent jobs
             store = store_for(config.tracking.uri, config.tracking.experiment, config.hydra.runtime.cwd)
             tags = {
-                tracking.TAG_SWEEP: preset_name(config) or "overrides",
-                tracking.TAG_OVERRIDES: tracking.redact(" ".join(config.hydra.overrides.task)),
+                TAG_SWEEP: preset_name(config) or "overrides",
+                TAG_OVERRIDES: redact(" ".join(config.hydra.overrides.task)),
             }
-            run_id = tracking.start_parent(store, sweep_name(config), tags)
-            tracking.log_to_run(store, run_id, params=report.sweep_params(config))
+            run_id = writing.start_parent(store, sweep_name(config), tags)
+            writing.log_to_run(store, run_id, params=report.sweep_params(config))
         except BaseException:
             resources.close()
             raise
@@ -153,7 +157,7 @@ class Sweep:
         try:
             failed = report.finish_sweep(self.store, self.parent.run_id, reused, traces, lost=lost)
         except Exception as error:
-            problem = tracking.describe_store_error(error, self.store.uri)
+            problem = describe_store_error(error, self.store.uri)
             log.error("the sweep's summary failed", exc_info=True)
             self._end_parent("FAILED")
             self._close()
@@ -176,12 +180,12 @@ class Sweep:
         try:
             running = [
                 run.info.run_id
-                for run in tracking.sweep_children(self.store, self.parent.run_id)
+                for run in reading.sweep_children(self.store, self.parent.run_id)
                 if run.info.status == "RUNNING"
             ]
             for run_id in running:
-                tracking.finish_run(self.store, run_id, status)
-            tracking.finish_run(self.store, self.parent.run_id, status)
+                writing.finish_run(self.store, run_id, status)
+            writing.finish_run(self.store, self.parent.run_id, status)
             ended = len(running)
         except Exception:
             log.warning("could not end the sweep's runs", exc_info=True)
@@ -196,7 +200,7 @@ class Sweep:
 
     def _end_parent(self, status: str) -> None:
         try:
-            tracking.finish_run(self.store, self.parent.run_id, status)
+            writing.finish_run(self.store, self.parent.run_id, status)
         except Exception:
             log.warning("could not end the parent run", exc_info=True)
 

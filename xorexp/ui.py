@@ -24,7 +24,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from xorexp import report, tracking
+from xorexp import report
+from xorexp.tracking import reading
+from xorexp.tracking.store import open_store
+from xorexp.tracking.uri import StoreError, redact, resolve_uri, store_kind
 
 DEFAULT_PORT = report.UI_PORT
 HOST = "127.0.0.1"
@@ -63,14 +66,14 @@ def check_port(port: int) -> None:
 def start_page(uri: str, experiment: str, base: str) -> tuple[str, str]:
     """(what, URL) of the page to open: the latest sweep's parent run, else the experiment's runs."""
     try:
-        store = tracking.open_store(uri, experiment, create=False)
-    except tracking.StoreError:
+        store = open_store(uri, experiment, create=False)
+    except StoreError:
         return f"no experiment {experiment!r} in the store", base
-    parent = tracking.latest_sweep(store)
+    parent = reading.latest_sweep(store)
     if parent is None:
         runs_page = f"{base}#/experiments/{store.experiment_id}/runs{report.UI_QUERY}"
         return f"experiment {experiment!r} (no sweep yet)", runs_page
-    name = store.client.get_run(parent).info.run_name
+    name = reading.get_run(store, parent).info.run_name
     return f"latest sweep {name!r}", report.run_url(store.experiment_id, parent, base)
 
 
@@ -111,9 +114,9 @@ def drain(stream, tail: collections.deque) -> None:
 
 
 def serve(uri: str, port: int, experiment: str) -> int:
-    if uri.startswith(("http://", "https://")):
+    if store_kind(uri) == "server":
         raise UiError(
-            f"{tracking.redact(uri)} is a tracking server: it serves the UI itself, open it in a browser"
+            f"{redact(uri)} is a tracking server: it serves the UI itself, open it in a browser"
         )
     report.check_readable(uri)  # before the server could create or migrate anything
     check_port(port)
@@ -144,7 +147,7 @@ def serve(uri: str, port: int, experiment: str) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         wait_healthy(server, base)
-        print(f"MLflow UI of {tracking.redact(uri)} at {base}", flush=True)
+        print(f"MLflow UI of {redact(uri)} at {base}", flush=True)
         print(f"{what}: {url}", flush=True)
         print("Ctrl-C stops it.", flush=True)
         status = server.wait()
@@ -172,18 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
     parser.add_argument("--experiment", default="xorexp", help="whose latest sweep to point at")
     args = parser.parse_args(argv)
-    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    uri = resolve_uri(args.tracking_uri, Path.cwd())
     if not 1 <= args.port <= 65535:
         print(f"xorexp: --port {args.port}: must be a port number 1-65535", file=sys.stderr)
         return 2
     try:
         return serve(uri, args.port, args.experiment)
-    except (UiError, tracking.StoreError) as error:
+    except (UiError, StoreError) as error:
         print(f"xorexp: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a store MLflow cannot read: one line, never a traceback
         reason = " ".join(str(error).split())[:300] or type(error).__name__
-        print(f"xorexp: cannot read the store {tracking.redact(uri)} ({reason})", file=sys.stderr)
+        print(f"xorexp: cannot read the store {redact(uri)} ({reason})", file=sys.stderr)
         return 2
 
 

@@ -37,8 +37,10 @@ from hydra_plugins.xorexp_optuna_sweeper._study import (
     trial_result,
     unvisited_grid_points,
 )
-from xorexp import parent_run, tracking
+from xorexp import parent_run
 from xorexp.errors import fail
+from xorexp.tracking import writing
+from xorexp.tracking.store import open_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,8 +210,8 @@ class OptunaSweep:
         if record is None or best is None:
             return
         experiment = OmegaConf.select(config, "tracking.experiment", default="xorexp")
-        tracking.log_to_run(
-            tracking.open_store(record.tracking_uri, experiment),
+        writing.log_to_run(
+            open_store(record.tracking_uri, experiment),
             record.run_id,
             params={f"best.{name}": value_text(value) for name, value in best.params.items()},
             metrics={"best.value": best.value},

@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from hydra_plugins.xorexp_optuna_sweeper._space import SearchSpace, SweepConfigError
-from xorexp import tracking
+from xorexp.tracking.uri import resolve_uri
 
 SAMPLERS = ("tpe", "random", "grid")
 DIRECTIONS = ("minimize", "maximize")
@@ -99,7 +99,7 @@ def open_study(
     """The study named ``study_name`` (created, or continued from ``storage``) with its sampler,
     and the storage URL (None: in memory)."""
     storage_url, opened = resolve_storage(storage, launch_dir)
-    if storage_url and storage_url == tracking.resolve_uri(tracking_uri, launch_dir):
+    if storage_url and storage_url == resolve_uri(tracking_uri, launch_dir):
         raise SweepConfigError(
             f"hydra.sweeper.storage={storage!r} is the MLflow store: give Optuna a file of its own"
         )

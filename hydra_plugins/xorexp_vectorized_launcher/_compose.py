@@ -12,8 +12,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from xorexp.config import RESULT_KEYS, ConfigError, to_run_spec
+from xorexp.config import ConfigError, to_run_spec
 from xorexp.errors import fail
+from xorexp.params import RESULT_KEYS
 from xorexp.train import RunSpec
 
 log = logging.getLogger(__name__)

@@ -43,9 +43,10 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
 
-from xorexp import chunks, progress, tracking
+from xorexp import chunks, progress
 from xorexp.errors import fail
 from xorexp.job import handing_over
+from xorexp.params import run_name
 from xorexp.train import RunSpec, plan_batches
 
 from ._compose import Composer
@@ -321,7 +322,7 @@ def _render_on_ray(executor, results: list) -> list:
     renders = [
         executor.submit(
             chunks.render_many,
-            [(r, tracking.run_name(r.spec)) for r in results[s : s + RENDER_BATCH]],
+            [(r, run_name(r.spec)) for r in results[s : s + RENDER_BATCH]],
         )
         for s in range(0, len(results), RENDER_BATCH)
     ]

@@ -1,9 +1,12 @@
 """A trained network as an MLflow pyfunc model, logged as code ("models from code"): no pickles.
 
-This file is both a module (``xorexp.model``: parameter files, ``save``) and the model's code:
-MLflow copies it into the model and runs it on load, where ``set_model`` at the bottom registers
-``XorNet``. The model holds its parameters as ``artifacts/params.npz`` (W1, B1, W2, B2 in the spec's
-shapes) and a copy of ``xorexp/nn.py`` (``code/xorexp_nn.py``), the code that computed the run's
+This file is both a module (``xorexp.pyfunc``: parameter files, saving and logging a run's model)
+and the model's code: MLflow copies it into the model and runs it on load, where ``set_model`` at
+the bottom registers ``XorNet``. So it imports only MLflow, NumPy and pandas at the top (xorexp's
+own modules inside the functions that save or log a model).
+
+The model holds its parameters as ``artifacts/params.npz`` (W1, B1, W2, B2 in the spec's shapes)
+and a copy of ``xorexp/nn.py`` (``code/xorexp_nn.py``), the code that computed the run's
 predictions, so it loads without xorexp installed and gives the bits of ``predictions.json``:
 
     mlflow.pyfunc.load_model("runs:/<run id>/model").predict(pd.DataFrame({"x1": [...], "x2": [...]}))
@@ -14,6 +17,7 @@ returns a DataFrame with one column, ``probability``.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -27,7 +31,7 @@ import pandas as pd
 
 try:  # loaded by MLflow: the copy of nn.py saved with the model (on sys.path via code_paths)
     import xorexp_nn as nn  # type: ignore[import-not-found]
-except ImportError:  # imported as xorexp.model, or run by MLflow while saving
+except ImportError:  # imported as xorexp.pyfunc, or run by MLflow while saving
     from xorexp import nn
 
 PARAM_NAMES = ("W1", "B1", "W2", "B2")
@@ -36,6 +40,14 @@ INPUT_COLUMNS = ("x1", "x2")
 OUTPUT_COLUMN = "probability"
 NN_COPY = "xorexp_nn.py"
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+def params_npz(result) -> bytes:
+    """A run's trained parameters W1, B1, W2, B2 (the spec's shapes; ``result``: a ``train.RunResult``)
+    as the bytes of an .npz file, the run's ``model/params.npz``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **result.arrays())
+    return buffer.getvalue()
 
 
 def load_params(path: str | Path) -> dict[str, np.ndarray]:
@@ -126,5 +138,48 @@ def save(path: str | Path, params_file: str | Path, mlflow_model=None) -> None:
         )
 
 
-if __name__ != "xorexp.model":  # run by MLflow as the model's code
+def save_model(where: Path, run_id: str, params_file: bytes | str | Path) -> Path:
+    """The MLflow model directory of a run's trained network, written under ``where``; returns it.
+
+    Uploaded as the run's ``model/`` artifacts, it is what ``runs:/<run_id>/model`` resolves to.
+    Not a LoggedModel entity (what ``mlflow.pyfunc.log_model`` makes in MLflow 3): MLflow 3.17
+    resolves a LoggedModel behind ``runs:/`` with the *global* tracking URI, so an
+    ``MlflowClient(uri)`` listing or downloading ``model/...`` of such a run fails (and creates
+    ``./mlflow.db``) unless that URI is also set globally; run artifacts have no such trap, and go
+    in the run's single upload.
+    """
+    from mlflow.models import Model
+
+    from xorexp.tracking.tags import MODEL_NAME
+
+    params_path = where / "params.npz"
+    if isinstance(params_file, bytes):
+        params_path.write_bytes(params_file)
+    else:
+        shutil.copyfile(params_file, params_path)
+    local = where / MODEL_NAME
+    save(local, params_path, mlflow_model=Model(artifact_path=MODEL_NAME, run_id=run_id))
+    return local
+
+
+def log_model(store, run_id: str, params_file: bytes | str | Path) -> None:
+    """Add the MLflow model (``runs:/<run_id>/model``) to a run of ``store`` (a ``tracking.store.Store``)
+    that has its params, e.g. a sweep's best run."""
+    from xorexp.tracking import writing
+    from xorexp.tracking.tags import MODEL_NAME
+
+    with tempfile.TemporaryDirectory(prefix="xorexp-model-") as tmp:
+        local = save_model(Path(tmp), run_id, params_file)
+        writing.log_files(store, run_id, dirs={MODEL_NAME: local})
+
+
+def has_model(store, run_id: str) -> bool:
+    """Whether the run has an MLflow model at ``model/``."""
+    from xorexp.tracking import reading
+    from xorexp.tracking.tags import MODEL_NAME
+
+    return f"{MODEL_NAME}/MLmodel" in reading.artifact_paths(store, run_id, MODEL_NAME)
+
+
+if __name__ != "xorexp.pyfunc":  # run by MLflow as the model's code
     mlflow.models.set_model(XorNet())

@@ -1,0 +1,286 @@
+"""Writing runs: a training run from start to its terminal status (params, the loss trace in
+``log_batch`` calls, outcome, artifacts in one upload, the MLflow model of single runs), a failed
+job's FAILED run with its traceback, a sweep's parent run and what is added to it, a replay's run.
+
+Calls go through ``MlflowClient`` with explicit run ids (never the fluent active-run stack), and no
+non-finite number is ever logged as a metric. MLflow is imported when a run is written, not when
+this module is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xorexp import provenance
+from xorexp.data import X, Y
+from xorexp.params import config_hash, result_params, run_name
+from xorexp.tracking import reading
+from xorexp.tracking.tags import (
+    MODEL_NAME,
+    PARAMS_ARTIFACT,
+    PREDICTIONS_ARTIFACT,
+    ROLE_SWEEP,
+    TAG_GIT_COMMIT,
+    TAG_HASH,
+    TAG_HOST,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_PID,
+    TAG_REPLAY_OF,
+    TAG_ROLE,
+    TRACEBACK_ARTIFACT,
+)
+from xorexp.train import RunResult, RunSpec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow.entities import Metric, Param
+
+    from xorexp.tracking.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def git_commit() -> str | None:
+    """Commit of the checkout xorexp runs from, or None outside a git checkout."""
+    checkout = provenance.checkout()
+    return checkout.commit if checkout else None
+
+
+def finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def predictions_document(result: RunResult) -> dict:
+    """Content of predictions.json; Python's float repr round-trips exactly, non-finite -> null."""
+    return {
+        "inputs": X.T.tolist(),
+        "targets": Y[0].tolist(),
+        "predictions": [finite_or_none(v) for v in result.predictions],
+        "outcome": result.outcome,
+        "final_loss": finite_or_none(result.final_loss),
+    }
+
+
+def run_metrics(result: RunResult, timestamp_ms: int) -> list[Metric]:
+    """The loss trace plus summary metrics, finite values only."""
+    from mlflow.entities import Metric
+
+    metrics = [
+        Metric("loss", float(v), timestamp_ms, int(s))
+        for s, v in zip(result.trace_steps, result.loss_trace, strict=True)
+        if math.isfinite(v)
+    ]
+    summary = {"final_loss": result.final_loss, "accuracy": result.accuracy, "steps": float(result.steps)}
+    if result.solved_at is not None:
+        summary["solved_at"] = float(result.solved_at)
+    metrics += [Metric(k, float(v), timestamp_ms, 0) for k, v in summary.items() if math.isfinite(v)]
+    return metrics
+
+
+def process_tags() -> dict[str, str]:
+    """Who is writing a run: lets a later sweep tell a crashed writer's RUNNING run from a live one."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def _params(spec: RunSpec) -> list[Param]:
+    from mlflow.entities import Param
+
+    return [Param(key, value) for key, value in result_params(spec).items()]
+
+
+def run_tags(spec: RunSpec, tags: Mapping[str, str] | None, parent_run_id: str | None) -> dict[str, str]:
+    return {
+        TAG_HASH: config_hash(spec),
+        **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
+        **provenance.tags(),
+        **({TAG_PARENT: parent_run_id} if parent_run_id else {}),
+        **process_tags(),
+        **(tags or {}),
+    }
+
+
+def start_run(
+    store: Store,
+    spec: RunSpec,
+    *,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    with_params: bool = True,
+) -> str:
+    """Create the MLflow run of one training run (RUNNING); returns its id.
+
+    ``with_params=False`` leaves the params to ``log_result(..., params_logged=False)``, which logs
+    them with the metrics in one call: the same store content in one call less.
+    """
+    run = store.client.create_run(
+        store.experiment_id, run_name=run_name(spec), tags=run_tags(spec, tags, parent_run_id)
+    )
+    if with_params:
+        store.client.log_batch(run.info.run_id, params=_params(spec))
+    return run.info.run_id
+
+
+def log_result(
+    store: Store,
+    run_id: str,
+    result: RunResult,
+    *,
+    blobs: Mapping[str, bytes] | None = None,
+    files: Mapping[str, str] | None = None,
+    dirs: Mapping[str, Path] | None = None,
+    params_logged: bool = True,
+    model: bool | None = None,
+) -> None:
+    """Fill a run with the result (metrics, outcome, artifacts) and mark it FINISHED.
+
+    Artifacts always include ``model/params.npz`` and, from a dirty checkout, the diff
+    (``provenance/git_diff.patch``), all in the run's one upload. ``model`` says whether to add the
+    MLflow model (the rest of ``model/``, ~15 ms more); None: only for a run that is not part of a
+    sweep (no parent run; costs one read, pass it explicitly to save that).
+    """
+    from mlflow.entities import RunTag
+
+    from xorexp import pyfunc
+
+    metrics = run_metrics(result, int(time.time() * 1000))
+    params = [] if params_logged else _params(result.spec)
+    outcome = [RunTag(TAG_OUTCOME, result.outcome)]
+    store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params, tags=outcome)
+    for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
+        store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+    documents = {PREDICTIONS_ARTIFACT: json.dumps(predictions_document(result), indent=1)}
+    if model is None:
+        model = TAG_PARENT not in reading.get_run(store, run_id).data.tags
+    params_file = pyfunc.params_npz(result)
+    with tempfile.TemporaryDirectory(prefix="xorexp-model-") as tmp:
+        model_dirs = {}
+        if model:
+            try:
+                model_dirs[MODEL_NAME] = pyfunc.save_model(Path(tmp), run_id, params_file)
+            except Exception:  # the run's results matter more than its packaged model
+                log.warning("run %s: could not save its MLflow model", run_id, exc_info=True)
+        log_files(
+            store,
+            run_id,
+            files={**documents, **provenance.artifacts(), **(files or {})},
+            blobs={PARAMS_ARTIFACT: params_file, **(blobs or {})},
+            dirs={**(dirs or {}), **model_dirs},
+        )
+    finish_run(store, run_id, "FINISHED")
+
+
+def log_replay(
+    store: Store,
+    result: RunResult,
+    *,
+    replay_of: str,
+    blobs: Mapping[str, bytes] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> str:
+    """A replay (``python -m xorexp.replay --log``) as a new run with the contract of any run
+    (no Hydra files: it did not go through Hydra), tagged ``xorexp.replay_of``; returns its id."""
+    run_id = start_run(store, result.spec, tags={TAG_REPLAY_OF: replay_of}, with_params=False)
+    try:
+        log_result(store, run_id, result, blobs=blobs, files=files, params_logged=False, model=True)
+    except Exception:
+        finish_run(store, run_id, "FAILED")
+        raise
+    return run_id
+
+
+def log_files(
+    store: Store,
+    run_id: str,
+    *,
+    files: Mapping[str, str] | None = None,
+    figures: Mapping[str, Figure] | None = None,
+    blobs: Mapping[str, bytes] | None = None,
+    dirs: Mapping[str, Path] | None = None,
+) -> None:
+    """Texts, figures (as PNG), bytes and local folders as artifacts of a run, in one upload.
+
+    Each mapping goes from an artifact path to a text, a Figure, bytes or a local folder.
+    """
+    if not (files or figures or blobs or dirs):
+        return
+    with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
+        root = Path(tmp)
+        for rel, text in (files or {}).items():
+            _write(root / rel, text)
+        for rel, data in (blobs or {}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        for rel, fig in (figures or {}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(root / rel)
+        for rel, local in (dirs or {}).items():
+            if Path(local).is_dir():
+                shutil.copytree(local, root / rel, dirs_exist_ok=True)
+        store.client.log_artifacts(run_id, str(root))
+
+
+def finish_run(store: Store, run_id: str, status: str) -> None:
+    """End a run: status is FINISHED, FAILED or KILLED."""
+    store.client.set_terminated(run_id, status)
+
+
+def log_failure(store: Store, run_id: str, spec: RunSpec, error_text: str) -> None:
+    """Mark a run FAILED, with its params and the traceback as artifact ``error/traceback.txt``."""
+    try:
+        store.client.log_batch(run_id, params=_params(spec))
+        log_files(store, run_id, files={TRACEBACK_ARTIFACT: error_text})
+    finally:
+        finish_run(store, run_id, "FAILED")
+
+
+def log_to_run(
+    store: Store,
+    run_id: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
+    figures: Mapping[str, Figure] | None = None,
+) -> None:
+    """Add params, finite metrics, tags and artifacts to an existing run (e.g. a sweep's parent)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    store.client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(v)],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
+    log_files(store, run_id, files=files, figures=figures)
+
+
+def start_parent(store: Store, name: str, tags: Mapping[str, str]) -> str:
+    """The parent run of a multirun (RUNNING until the sweep ends)."""
+    all_tags = {
+        TAG_ROLE: ROLE_SWEEP,
+        **({TAG_GIT_COMMIT: git_commit()} if git_commit() else {}),
+        **provenance.tags(),
+        **process_tags(),
+        **tags,
+    }
+    return store.client.create_run(store.experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
