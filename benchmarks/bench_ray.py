@@ -1,6 +1,6 @@
 """The 200-run sweep end to end: local worker processes against a Ray cluster, side by side.
 
-Run (as root: the cluster gets a network namespace with only loopback, see tests/test_ray_launcher.py):
+Run (as root: the cluster gets a network namespace with only loopback, see tests/ray_cluster.py):
 ``python benchmarks/bench_ray.py`` (about 3-4 minutes; ``--iterations``, ``--repeats``, ``--chunk-size``).
 Both sides run the same CLI command, ``python -m xorexp -m seed='range(0,100)' lr=0.5,3 ...``, into a
 fresh store each time; the Ray side adds ``hydra.launcher.backend=ray hydra.launcher.ray.address=...``
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import run_cli  # noqa: E402
-from tests.test_ray_launcher import LoopbackRayCluster  # noqa: E402
+from tests.ray_cluster import LoopbackRayCluster  # noqa: E402
 
 
 def sweep_args(iterations: int, chunk_size: int, where: Path) -> list[str]:

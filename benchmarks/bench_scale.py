@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.mlflow_server import group_members, start_server, stop_server  # noqa: E402
 from tests.postgres_server import start_postgres  # noqa: E402
-from tests.test_tracking_server import group_members, start_server, stop_server  # noqa: E402
 
 EXPERIMENT = "bench-scale"
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_tracking import log_all, log_in_processes  # noqa: E402
 
-from tests.test_tracking_server import Proxy, start_server, stop_server  # noqa: E402
+from tests.mlflow_server import Proxy, start_server, stop_server  # noqa: E402
 from xorexp import chunks, tracking  # noqa: E402
 from xorexp.train import RunSpec, train  # noqa: E402
 

@@ -1,9 +1,15 @@
-"""Shared helpers: run the real CLI in a subprocess and read the real sqlite store it wrote."""
+"""Shared helpers: run the real CLI in a subprocess and read the real sqlite store it wrote.
+
+Also the ``ray`` marker's rule: a test marked ``ray`` is skipped when Ray is not installed, and fails
+instead when ``XOREXP_REQUIRE_RAY=1`` (set by ``.ci/run``, where Ray is installed and must be tested).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +18,17 @@ import pytest
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_RAY = "XOREXP_REQUIRE_RAY"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("ray") is None or importlib.util.find_spec("ray") is not None:
+        return
+    reason = "Ray is not installed (pip install -e '.[test,ray]')"
+    if os.environ.get(REQUIRE_RAY) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_RAY}=1 requires the Ray tests to run", pytrace=False)
+    pytest.skip(reason)
 
 
 def run_cli(cwd: Path, *args: str, module: str = "xorexp", timeout: float = 300, env: dict | None = None):
@@ -50,3 +67,54 @@ def read_artifact_json(directory: Path, run_id: str, path: str) -> dict:
 @pytest.fixture
 def client_for():
     return lambda directory: MlflowClient(store_uri(directory))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (an exited child not yet waited for) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+PER_PROCESS_TAGS = {"xorexp.pid", "xorexp.command"}  # tags that name the process, not the run
+
+
+def store_snapshot(directory: Path) -> dict:
+    """Per training run name: status, params, tags that do not depend on time or process, metrics,
+    the loss trace and predictions as exact hex floats, and the artifact paths (parents left out)."""
+    client = MlflowClient(store_uri(directory))
+    out = {}
+    for run in runs_of(directory):
+        if run.data.tags.get("xorexp.role") == "sweep":
+            continue
+        run_id = run.info.run_id
+        history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        local = client.download_artifacts(run_id, "predictions.json", str(directory / "dl" / run_id))
+        predictions = json.loads(Path(local).read_text())["predictions"]
+        artifacts = sorted(
+            a.path for path in (None, "plots", ".hydra") for a in client.list_artifacts(run_id, path)
+        )
+        tags = {k: v for k, v in run.data.tags.items()
+                if k.startswith("xorexp.") and k not in PER_PROCESS_TAGS}
+        out[run.info.run_name] = {
+            "status": run.info.status,
+            "params": run.data.params,
+            "tags": tags,
+            "metrics": run.data.metrics,
+            "loss": [(m.step, m.value.hex()) for m in history],
+            "predictions": [None if v is None else v.hex() for v in predictions],
+            "artifacts": artifacts,
+        }
+    return out

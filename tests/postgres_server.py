@@ -12,12 +12,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.conftest import free_port, process_alive
 
 PG_BIN_DIRS = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15")]
 START_TIMEOUT_S = 60
@@ -68,31 +69,14 @@ class PostgresServer:
         pid = self.postmaster_pid()
         self._run(str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.root / "data"), "-m", "fast", "-w",
                   "-t", "30", check=False)
-        if pid is not None and alive(pid):
+        if pid is not None and process_alive(pid):
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        if pid is not None and alive(pid):
+        if pid is not None and process_alive(pid):
             raise RuntimeError(f"PostgreSQL postmaster {pid} still running")
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (our own child) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_postgres(*, fsync: bool = True) -> PostgresServer:
@@ -113,7 +97,7 @@ def start_postgres(*, fsync: bool = True) -> PostgresServer:
         entry = pwd.getpwnam(user)
         for path in (root, root / "sock"):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-    server = PostgresServer(root, _free_port(), bin_dir, user)
+    server = PostgresServer(root, free_port(), bin_dir, user)
     server._run(str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "trust",
                 "-E", "UTF8", "--locale=C", "--no-sync")
     options = f"-k {root / 'sock'} -p {server.port} -c listen_addresses=127.0.0.1"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import numpy as np
 import pytest
 
 from tests.conftest import read_artifact_json, run_cli, runs_of
-from xorexp.params import config_hash
 from xorexp.train import RunSpec, train
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,10 @@ def test_single_run_follows_the_tracking_contract(tmp_path, client_for):
     }
     tags = run.data.tags
     assert tags["xorexp.outcome"] == expected.outcome
-    assert tags["xorexp.config_hash"] == config_hash(expected.spec)
+    canonical = json.dumps({"hidden_units": "2", "lr": "0.5", "iterations": "2000", "seed": "3",
+                            "trace_every": "100", "stop_loss": "null"}, sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]  # the hash scheme, not tracking's code
+    assert tags["xorexp.config_hash"] == digest == "e2facd00348e290a"
     assert tags["xorexp.overrides"] == "iterations=2000 seed=3 lr=0.5"
     assert "mlflow.parentRunId" not in tags
 
@@ -77,11 +81,9 @@ def test_multirun_makes_one_run_per_learning_rate(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-@pytest.mark.parametrize(
-    "override,key",
-    [("lr=-1", "lr"), ("lr=abc", "lr"), ("lr=inf", "lr"), ("hidden_units=0", "hidden_units"),
-     ("hidden_units=2.5", "hidden_units"), ("iterations=0", "iterations"), ("seed=4294967296", "seed"),
-     ("seed=-3", "seed"), ("trace_every=0", "trace_every"), ("stop_loss=0", "stop_loss")],
+@pytest.mark.parametrize(  # a text, a float for an integer, an integer too big: each rule is unit-tested
+    "override,key",        # in test_train.py::test_runspec_rejects_bad_values_naming_the_key
+    [("lr=abc", "lr"), ("hidden_units=2.5", "hidden_units"), ("seed=4294967296", "seed")],
 )
 def test_bad_value_gives_one_line_and_touches_no_store(tmp_path, override, key):
     proc = run_cli(tmp_path, override)

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, run_cli, runs_of, store_uri
-from tests.test_tracking_server import start_server, stop_server
+from tests.conftest import ROOT, process_alive, run_cli, runs_of, store_uri
+from tests.mlflow_server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -203,20 +203,17 @@ def test_ctrl_c_stops_the_sweep_and_a_resume_finishes_each_config_once(tmp_path)
     proc = spawn(tmp_path, *args)
     wait_for_runs(tmp_path, "FINISHED", 10, proc)
     workers = _children_pids(proc.pid)
-    start = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)  # impatient: twice
-    assert proc.wait(timeout=30) == 130
-    seconds = time.monotonic() - start
-    assert seconds < 10, seconds
+    assert proc.wait(timeout=20) == 130  # stopped in seconds; a sweep that went on would end 0
     lines = error_lines((tmp_path / "stderr.txt").read_text())
     assert len(lines) == 1 and lines[0].startswith("xorexp: interrupted (Ctrl-C): "), lines
     assert "tracking.skip_finished=true" in lines[0]
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(process_alive(p) for p in workers):
         time.sleep(0.2)
-    assert workers and not [p for p in workers if _alive(p)]
+    assert workers and not [p for p in workers if process_alive(p)]
     counts = by_status(tmp_path)
     assert counts[("sweep", "KILLED")] == 1 and not [k for k in counts if k[1] == "RUNNING"], counts
 
@@ -232,15 +229,6 @@ def _children_pids(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return status not in ("Z", "X")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_signal_to_the_launching_process_only_leaves_no_worker(tmp_path, sig):
     proc = spawn(tmp_path, "-m", "seed=range(0,200)", "iterations=3000", f"hydra.sweep.dir={tmp_path}/m")
@@ -250,9 +238,9 @@ def test_signal_to_the_launching_process_only_leaves_no_worker(tmp_path, sig):
     os.kill(proc.pid, sig)  # the launching process only, not its group
     status = proc.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(process_alive(p) for p in workers):
         time.sleep(0.2)
-    assert not [p for p in workers if _alive(p)]
+    assert not [p for p in workers if process_alive(p)]
     if sig == signal.SIGTERM:
         assert status == 143
         lines = error_lines((tmp_path / "stderr.txt").read_text())
@@ -288,12 +276,10 @@ def test_a_store_that_turns_read_only_mid_sweep_stops_it_in_one_line(tmp_path):
     subprocess.run(["mount", "--bind", artifacts, artifacts], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", artifacts, artifacts], check=True)
-        start = time.monotonic()
-        status = proc.wait(timeout=120)
-        seconds = time.monotonic() - start
+        status = proc.wait(timeout=60)  # stopped within seconds, not at the sweep's end
     finally:
         subprocess.run(["umount", artifacts], check=True)
-    assert status == 1 and seconds < 30, (status, seconds)
+    assert status == 1, status
     lines = error_lines((tmp_path / "stderr.txt").read_text())
     assert len(lines) == 1 and "read-only" in lines[0].lower() and str(tmp_path) in lines[0], lines
     counts = by_status(tmp_path)
@@ -335,12 +321,10 @@ def test_a_killed_tracking_server_stops_the_sweep_and_the_ui_reads_without_error
             time.sleep(0.2)
         assert len(statuses) >= 5 and set(statuses) == {200}, Counter(statuses)
         os.killpg(server.pgid, signal.SIGKILL)
-        start = time.monotonic()
-        status = proc.wait(timeout=120)
-        seconds = time.monotonic() - start
+        status = proc.wait(timeout=60)  # not after MLflow's ~100 s of retries
     finally:
         stop_server(server)
-    assert status == 1 and seconds < 40, (status, seconds)
+    assert status == 1, status
     lines = error_lines((tmp_path / "stderr.txt").read_text())
     assert len(lines) == 1 and server.uri in lines[0] and "Traceback" not in lines[0], lines
 

@@ -1,10 +1,11 @@
-"""The network math against the spec's reference values, finite differences and a hand-worked step."""
+"""The network math: the spec's reference values, finite differences, and one SGD step worked by hand."""
 
 import numpy as np
 import pytest
 
 from tests import reference
 from xorexp import nn
+from xorexp import train as engine
 from xorexp.data import X, Y
 from xorexp.train import gradients
 
@@ -15,12 +16,16 @@ def test_helpers_match_spec_values():
     assert nn.sigmoid(np.array([0.1]))[0] == pytest.approx(0.52497918747894, abs=1e-13)
 
 
-def test_init_draws_w1_b1_w2_b2_from_legacy_randomstate_in_order():
-    rng = np.random.RandomState(42)
-    expected = [rng.randn(3, 2), rng.randn(3, 1), rng.randn(1, 3), rng.randn(1, 1)]
-    got = nn.unpack(nn.init_params(3, [42])[:, 0])
-    for key, want in zip(["W1", "B1", "W2", "B2"], expected, strict=True):
-        np.testing.assert_array_equal(got[key], want)
+def test_init_draws_w1_b1_w2_b2_from_a_fresh_legacy_randomstate_in_order():
+    seeds = [0, 1, 42, 7, 2**32 - 1, 123_456]
+    for h in (1, 2, 3, 9):
+        block = nn.init_params(h, seeds)
+        for r, seed in enumerate(seeds):
+            rng = np.random.RandomState(seed)
+            want = [rng.randn(h, 2), rng.randn(h, 1), rng.randn(1, h), rng.randn(1, 1)]
+            got = nn.unpack(block[:, r])
+            for key, array in zip(("W1", "B1", "W2", "B2"), want, strict=True):
+                assert got[key].shape == array.shape and got[key].tobytes() == array.tobytes(), (h, seed, key)
 
 
 def test_init_leaves_global_random_state_alone():
@@ -85,3 +90,49 @@ def test_pack_unpack_round_trip():
     back = nn.unpack(nn.pack(*arrays))
     for key, want in zip(("W1", "B1", "W2", "B2"), arrays, strict=True):
         np.testing.assert_array_equal(back[key], want)
+
+
+def test_one_sgd_step_worked_by_hand():
+    """h = 1, lr = 1/2, weights chosen so that every sigmoid is 1/4, 1/2 or 3/4 (sigmoid(±ln 3) = 3/4, 1/4).
+
+    By hand, samples (x1, x2) = (0,0), (0,1), (1,0), (1,1), targets Y = 0, 1, 1, 0:
+      Z1 = ln3·x1 - ln3·x2 + 0 = 0, -ln3, ln3, 0          H = 1/2, 1/4, 3/4, 1/2
+      Z2 = 4ln3·H - 2ln3         = 0, -ln3, ln3, 0          YHat = 1/2, 1/4, 3/4, 1/2
+      loss = -(ln 1/2 + ln 1/4 + ln 3/4 + ln 1/2) / 4 = (6 ln2 - ln3) / 4
+      dZ2 = (YHat - Y) / 4 = 1/8, -3/16, -1/16, 1/8
+      dW2 = sum dZ2·H = 1/16 - 3/64 - 3/64 + 1/16 = 1/32      dB2 = 1/8 - 3/16 - 1/16 + 1/8 = 0
+      dZ1 = 4ln3·dZ2·H(1-H) = 4ln3·(1/8·1/4, -3/16·3/16, -1/16·3/16, 1/8·1/4) = ln3·(8, -9, -3, 8)/64
+      dW1 = (sum dZ1·x1, sum dZ1·x2) = ln3·(-3 + 8, -9 + 8)/64 = (5 ln3/64, -ln3/64)
+      dB1 = ln3·(8 - 9 - 3 + 8)/64 = ln3/16
+    Step, param -= 1/2 · grad:
+      W1 = (ln3 - 5ln3/128, -ln3 + ln3/128)   B1 = -ln3/32   W2 = 4ln3 - 1/64   B2 = -2ln3
+    """
+    ln3, ln2 = np.log(3.0), np.log(2.0)
+    block = nn.pack(np.array([[ln3, -ln3]]), np.array([[0.0]]), np.array([[4 * ln3]]), np.array([[-2 * ln3]]))
+    block = block[:, None]  # one run
+
+    yhat, hidden = nn.forward(block, X)
+    np.testing.assert_allclose(hidden[:, 0, 0], [1 / 2, 1 / 4, 3 / 4, 1 / 2], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(yhat[:, 0], [1 / 2, 1 / 4, 3 / 4, 1 / 2], rtol=0, atol=1e-15)
+    assert nn.bce_loss(yhat, Y[0])[0] == pytest.approx((6 * ln2 - ln3) / 4, abs=1e-15)
+
+    loss, grads = gradients(block)
+    assert loss[0] == pytest.approx((6 * ln2 - ln3) / 4, abs=1e-15)
+    got = nn.unpack(grads[:, 0])
+    want = {"W1": [[5 * ln3 / 64, -ln3 / 64]], "B1": [[ln3 / 16]], "W2": [[1 / 32]], "B2": [[0.0]]}
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-12, err_msg=key)
+
+    bufs = engine._Buffers(block.copy(), np.array([0.5]))  # the training loop's own step
+    engine._forward(bufs)
+    engine._backward(bufs)
+    engine._update(bufs)
+    stepped = nn.unpack(bufs.block[:, 0])
+    want = {
+        "W1": [[ln3 - 5 * ln3 / 128, -ln3 + ln3 / 128]],
+        "B1": [[-ln3 / 32]],
+        "W2": [[4 * ln3 - 1 / 64]],
+        "B2": [[-2 * ln3]],
+    }
+    for key, value in want.items():
+        np.testing.assert_allclose(stepped[key], value, rtol=0, atol=1e-12, err_msg=key)

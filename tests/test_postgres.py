@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import run_cli
-from tests.postgres_server import alive as postgres_alive
+from tests.conftest import process_alive, run_cli
+from tests.mlflow_server import group_members, start_server, stop_server
 from tests.postgres_server import pg_bin, start_postgres
-from tests.test_tracking_server import group_members, start_server, stop_server
 from xorexp.params import config_hash, param_text
 from xorexp.tracking import writing
 from xorexp.train import RunSpec, train
 
-pytestmark = pytest.mark.slow
+# one xdist worker: shares the module's PostgreSQL server
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_postgres")]
 
 ITERATIONS = 300
 PARAM_KEYS = {"hidden_units", "lr", "iterations", "seed", "trace_every", "stop_loss"}
@@ -43,7 +43,7 @@ def postgres():
     finally:
         pid = server.postmaster_pid()
         server.stop()
-        assert pid is not None and not postgres_alive(pid), "PostgreSQL's postmaster outlived stop()"
+        assert pid is not None and not process_alive(pid), "PostgreSQL's postmaster outlived stop()"
 
 
 def expected_result(seed: int, lr: float = 0.1):

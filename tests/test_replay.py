@@ -101,23 +101,39 @@ def _tamper_params(copy: Path, run_id: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tamper", [_tamper_predictions, _tamper_loss_metric, _tamper_params])
-def test_replay_against_a_tampered_copy_reports_the_difference(single_run, tmp_path, tamper):
+@pytest.mark.parametrize(  # the first through the CLI in a subprocess, the others by replay.main here
+    "tamper, end_to_end", [(_tamper_predictions, True), (_tamper_loss_metric, False), (_tamper_params, False)]
+)
+def test_replay_against_a_tampered_copy_reports_the_difference(single_run, tmp_path, tamper, end_to_end,
+                                                               capsys):
     where, run_id = single_run
     copy = _copy_store(where, tmp_path / "copy")
     expected = tamper(copy, run_id)
-    proc = run_cli(copy, run_id, module="xorexp.replay")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert expected in proc.stdout
-    assert proc.stdout.splitlines()[-1] == "different"
+    if end_to_end:
+        proc = run_cli(copy, run_id, module="xorexp.replay")
+        status, out = proc.returncode, proc.stdout + proc.stderr
+    else:
+        status = replay.main([run_id, "--tracking-uri", store_uri(copy)])
+        out = capsys.readouterr().out
+    assert status == 1, out
+    assert expected in out
+    assert out.splitlines()[-1] == "different"
     # the original store is untouched
-    assert run_cli(where, run_id, module="xorexp.replay").returncode == 0
+    assert replay.main([run_id, "--tracking-uri", store_uri(where)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "identical"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    where = tmp_path_factory.mktemp("sweep")
+    proc = run_cli(where, "-m", "seed=0,1,2", "iterations=500", f"hydra.sweep.dir={where}/multirun")
+    assert proc.returncode == 0, proc.stderr
+    return where
 
 
 @pytest.mark.slow
-def test_replay_of_runs_from_a_sweep_and_log(tmp_path, capsys):
-    proc = run_cli(tmp_path, "-m", "seed=0,1,2", "iterations=500")
-    assert proc.returncode == 0, proc.stderr
+def test_replay_of_runs_from_a_sweep_and_log(swept, capsys):
+    tmp_path = swept
     children = _children(tmp_path)
     assert len(children) == 3
     first, *others = children
@@ -153,14 +169,14 @@ def test_bad_input_gives_one_line_and_status_2(single_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_parent_run_is_not_replayable(tmp_path):
-    proc = run_cli(tmp_path, "-m", "seed=0,1", "iterations=100")
-    assert proc.returncode == 0, proc.stderr
-    [parent] = [r for r in runs_of(tmp_path) if r.data.tags.get("xorexp.role") == "sweep"]
-    out = run_cli(tmp_path, parent.info.run_id, module="xorexp.replay")
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "is a sweep's parent run, not a training run" in lines[0]
+def test_a_parent_run_is_not_replayable(swept, capsys):
+    [parent] = [r for r in runs_of(swept) if r.data.tags.get("xorexp.role") == "sweep"]
+    assert replay.main([parent.info.run_id, "--tracking-uri", store_uri(swept)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith("xorexp.replay: ")
+    assert "is a sweep's parent run, not a training run" in lines[0]
 
 
 def _numbers(directory: Path, run_name: str) -> dict:

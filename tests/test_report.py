@@ -182,7 +182,7 @@ def test_experiment_kind_and_parent_description(swept, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_list_and_latest(swept):
+def test_report_list_and_latest(swept, monkeypatch, capsys):
     root, parent, children = swept
     proc = run_cli(root, "--list", module="xorexp.report")
     assert proc.returncode == 0 and proc.stderr == ""
@@ -190,30 +190,41 @@ def test_report_list_and_latest(swept):
     assert header.split() == ["run", "id", "started", "runs", "status", "name"]
     assert row.split()[0] == parent.info.run_id and row.split()[3:5] == ["4", "FINISHED"]
     assert row.endswith(parent.info.run_name)
-    proc = run_cli(root, module="xorexp.report")
-    assert proc.returncode == 0
-    assert proc.stdout.startswith(f"sweep {parent.info.run_name} (run {parent.info.run_id}")
+    with monkeypatch.context() as patch:  # the latest sweep, in this process (python -m xorexp.report is
+        patch.chdir(root)                  # run end to end by test_sweeps.py)
+        assert report.main([]) == 0
+    assert capsys.readouterr().out.startswith(f"sweep {parent.info.run_name} (run {parent.info.run_id}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "end_to_end"),
     [
-        (["--run", "BADID"], "xorexp: no run 'BADID' in sqlite:///"),
-        (["--run", "CHILD"], "is not a sweep (no xorexp.role tag): its sweep is run PARENT"),
-        (["--experiment", "X"], "xorexp: no experiment 'X' in sqlite:///"),
-        (["--tracking-uri", "sqlite:///corrupt.db"], "is not a readable sqlite database"),
-        (["--tracking-uri", "sqlite:///missing.db"], "xorexp: no store at sqlite:///"),
+        (["--run", "BADID"], "xorexp: no run 'BADID' in sqlite:///", True),
+        (["--run", "CHILD"], "is not a sweep (no xorexp.role tag): its sweep is run PARENT", False),
+        (["--experiment", "X"], "xorexp: no experiment 'X' in sqlite:///", False),
+        (["--tracking-uri", "sqlite:///corrupt.db"], "is not a readable sqlite database", False),
+        (["--tracking-uri", "sqlite:///missing.db"], "xorexp: no store at sqlite:///", False),
     ],
 )
-def test_report_bad_input_is_one_line_and_writes_nothing(swept, args, message):
+def test_report_bad_input_is_one_line_and_writes_nothing(
+    swept, args, message, end_to_end, monkeypatch, capsys
+):
+    """One case through the CLI in a subprocess; the others call ``report.main`` in this process."""
     root, parent, children = swept
     (root / "corrupt.db").write_bytes(b"not a database at all" * 10)
     args = [a.replace("CHILD", children[0].info.run_id) for a in args]
     before = _listing(root)
-    proc = run_cli(root, *args, module="xorexp.report")
-    assert proc.returncode == 2 and proc.stdout == ""
-    [line] = proc.stderr.splitlines()
+    if end_to_end:
+        proc = run_cli(root, *args, module="xorexp.report")
+        status, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        with monkeypatch.context() as patch:
+            patch.chdir(root)
+            status = report.main(args)
+        out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
     assert line.startswith("xorexp: ") and message.replace("PARENT", parent.info.run_id) in line
     assert _listing(root) == before
     assert MlflowClient(store_uri(root)).get_experiment_by_name("X") is None

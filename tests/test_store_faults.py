@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
-from tests.conftest import ROOT, run_cli, runs_of, store_uri
+from tests.conftest import ROOT, free_port, run_cli, runs_of, store_uri
 from xorexp.tracking import writing
 from xorexp.tracking.store import _safe_name, open_store
 from xorexp.tracking.tags import TAG_HOST, TAG_PID
@@ -121,12 +121,6 @@ def plain_http_server(tmp_path_factory):
     yield uri
     process.kill()
     process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- bad URIs and names: refused before anything exists -------------------------------------------
@@ -256,7 +250,7 @@ def test_a_plain_http_server_is_not_taken_for_mlflow(mode, plain_http_server, tm
 
 @pytest.mark.slow
 def test_credentials_in_the_server_url_pass_the_check_and_are_never_shown(tmp_path):
-    from tests.test_tracking_server import start_server, stop_server
+    from tests.mlflow_server import start_server, stop_server
 
     server = start_server(tmp_path / "server")
     try:

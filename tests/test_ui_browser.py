@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, runs_of
+from tests.conftest import ROOT, free_port, run_cli, runs_of
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -31,13 +30,8 @@ SWEEP_FIGURE_SIZE = (900, 560)  # what plots renders a sweep's figures at (px), 
 RUN_FIGURE_WIDTH = 640  # the per-run figures' width (px)
 TIMEOUT_MS = 60_000
 
-pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# one xdist worker: shares the module's served sweep and browser
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_ui_browser")]
 
 
 @pytest.fixture(scope="module")

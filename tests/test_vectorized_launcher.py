@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
-from mlflow import MlflowClient
 
 from hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher import VectorizedLauncher
-from tests.conftest import run_cli, runs_of, store_uri
+from tests.conftest import run_cli, store_snapshot
 
 
 def test_discovery():
@@ -43,36 +39,6 @@ class TestVectorizedLauncherIntegration(IntegrationTestSuite):
     pass
 
 
-PER_PROCESS = {"xorexp.pid", "xorexp.command"}  # tags that name the process, not the run
-
-
-def _store_snapshot(directory: Path) -> dict:
-    """Per run name: params, tags that do not depend on time or process, metrics, predictions, artifacts."""
-    client = MlflowClient(store_uri(directory))
-    out = {}
-    for run in runs_of(directory):
-        if run.data.tags.get("xorexp.role") == "sweep":
-            continue
-        run_id = run.info.run_id
-        history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
-        local = client.download_artifacts(run_id, "predictions.json", str(directory / "dl" / run_id))
-        predictions = json.loads(Path(local).read_text())["predictions"]
-        artifacts = sorted(
-            a.path for path in (None, "plots", ".hydra") for a in client.list_artifacts(run_id, path)
-        )
-        tags = {k: v for k, v in run.data.tags.items() if k.startswith("xorexp.") and k not in PER_PROCESS}
-        out[run.info.run_name] = {
-            "status": run.info.status,
-            "params": run.data.params,
-            "tags": tags,
-            "metrics": run.data.metrics,
-            "loss": [(m.step, m.value.hex()) for m in history],
-            "predictions": [None if v is None else v.hex() for v in predictions],
-            "artifacts": artifacts,
-        }
-    return out
-
-
 @pytest.mark.slow
 def test_store_is_the_same_under_basic_and_vectorized(tmp_path):
     sweep = ["-m", "hidden_units=2,3", "lr=0.5,4,2000", "seed=0,1,2,3", "iterations=700", "trace_every=50"]
@@ -82,7 +48,7 @@ def test_store_is_the_same_under_basic_and_vectorized(tmp_path):
         where.mkdir()
         proc = run_cli(where, *sweep, f"hydra/launcher={launcher}", f"hydra.sweep.dir={where}/multirun")
         assert proc.returncode == 0, proc.stderr
-        snapshots[launcher] = _store_snapshot(where)
+        snapshots[launcher] = store_snapshot(where)
     assert len(snapshots["basic"]) == 24
     outcomes = {v["tags"]["xorexp.outcome"] for v in snapshots["basic"].values()}
     assert "diverged" in outcomes and len(outcomes) >= 2
@@ -101,6 +67,6 @@ def test_workers_and_chunks_do_not_change_bits(tmp_path):
         where.mkdir()
         proc = run_cli(where, *sweep, *flags, f"hydra.sweep.dir={where}/multirun")
         assert proc.returncode == 0, proc.stderr
-        snapshots[name] = _store_snapshot(where)
+        snapshots[name] = store_snapshot(where)
     assert len(snapshots["in_process"]) == 40
     assert snapshots["in_process"] == snapshots["two_workers_chunks_of_7"]
