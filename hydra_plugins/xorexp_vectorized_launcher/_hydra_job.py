@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from hydra import version
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
 from hydra.types import TaskFunction
@@ -206,7 +207,9 @@ def run_job(
         ret.hydra_cfg = hydra_cfg
         ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        chdir = bool(hydra_cfg.hydra.job.chdir)  # None means False since Hydra 1.2 (version_base 1.3)
+        chdir = hydra_cfg.hydra.job.chdir
+        if chdir is None:  # Hydra's default: no chdir from version_base 1.2 on (xorexp's is 1.3)
+            chdir = not version.base_at_least("1.2")
         if chdir:
             os.chdir(output_dir)
             ret.working_dir = output_dir
