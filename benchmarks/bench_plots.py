@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from xorexp import nn
 from xorexp.chunks import render_run_plots
 from xorexp.data import X, Y
-from xorexp.plots import RunPlotter, run_title
+from xorexp.run_plots import RunPlotter, run_title
 from xorexp.train import RunResult, RunSpec, train
 
 LRS = (0.1, 0.5, 1.0, 5.0, 10.0)
@@ -84,18 +84,24 @@ def old_render(result: RunResult, name: str) -> dict[str, bytes]:
 
 
 def plots_at(revision: str) -> object | None:
-    """xorexp/plots.py as it was at ``revision`` (git), imported as a module; None without git."""
+    """The per-run renderer as it was at ``revision`` (git: ``xorexp/run_plots.py``, before the split
+    ``xorexp/plots.py``), imported as a module; None without git or either file."""
     root = Path(__file__).resolve().parent.parent
-    try:
-        source = subprocess.run(["git", "show", f"{revision}:xorexp/plots.py"], cwd=root, check=True,
-                                capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        print(f"no plots.py at {revision}: {error}")
+    errors = []
+    for path in ("xorexp/run_plots.py", "xorexp/plots.py"):
+        try:
+            source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, check=True,
+                                    capture_output=True, text=True).stdout
+            break
+        except (OSError, subprocess.CalledProcessError) as error:
+            errors.append(f"{path}: {error}")
+    else:
+        print(f"no per-run renderer at {revision}: {'; '.join(errors)}")
         return None
     spec = importlib.util.spec_from_loader(f"plots_{revision}", loader=None)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[spec.name] = module  # type: ignore[union-attr]
-    exec(compile(source, f"{revision}:xorexp/plots.py", "exec"), module.__dict__)
+    exec(compile(source, f"{revision}:{path}", "exec"), module.__dict__)
     return module
 
 

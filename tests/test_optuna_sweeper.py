@@ -11,13 +11,13 @@ from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.xorexp_optuna_sweeper._core import (
+from hydra_plugins.xorexp_optuna_sweeper._space import (
     SweepConfigError,
     overrides_parser,
     parse_search_space,
-    trial_result,
     value_text,
 )
+from hydra_plugins.xorexp_optuna_sweeper._study import trial_result
 from tests.conftest import run_cli, runs_of
 
 FAST = ("iterations=300",)

@@ -16,8 +16,9 @@ from matplotlib.path import Path
 from PIL import Image
 
 from tests.conftest import ROOT
-from xorexp import nn, plots
+from xorexp import nn, run_plots
 from xorexp.chunks import DECISION_BOUNDARY, LEARNING_CURVE, render_run_plots
+from xorexp.plot_style import OUTCOME_COLORS
 from xorexp.train import RunSpec, train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -34,6 +35,20 @@ def results():
 
 def name(spec: RunSpec) -> str:
     return f"h{spec.hidden_units}-lr{spec.lr:g}-s{spec.seed}"
+
+
+def curve_figure(steps, loss_trace, title="", iterations=None, outcome=None) -> Figure:
+    """The learning curve's layout as a Figure of its own, for matplotlib to draw whole."""
+    curve = run_plots._LearningCurve()
+    curve.update(steps, loss_trace, title, iterations, outcome)
+    return curve.figure
+
+
+def boundary_figure(params, title="") -> Figure:
+    """The decision boundary's layout as a Figure of its own (the image artist shows the surface)."""
+    boundary = run_plots._DecisionBoundary()
+    boundary.update(params, title)
+    return boundary.figure
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -55,7 +70,7 @@ def test_both_plots_are_pngs(results):
 def test_same_run_same_bytes_whatever_was_rendered_before(results):
     def render(plotter, key):
         r = results[key]
-        title = plots.run_title(name(r.spec), r.outcome, r.final_loss)
+        title = run_plots.run_title(name(r.spec), r.outcome, r.final_loss)
         return {
             "curve": plotter.learning_curve_png(
                 r.trace_steps, r.loss_trace, title, r.spec.iterations, r.outcome
@@ -63,8 +78,8 @@ def test_same_run_same_bytes_whatever_was_rendered_before(results):
             "boundary": plotter.decision_boundary_png(r.params, title),
         }
 
-    first = render(plots.RunPlotter(), "stuck")  # a fresh renderer: nothing drawn before
-    plotter = plots.RunPlotter()
+    first = render(run_plots.RunPlotter(), "stuck")  # a fresh renderer: nothing drawn before
+    plotter = run_plots.RunPlotter()
     render(plotter, "solved")  # other limits, other surface, other title
     render(plotter, "diverged")
     assert render(plotter, "stuck") == first
@@ -104,16 +119,16 @@ def test_a_diverged_run_renders(results):
 def test_non_finite_outputs_show_grey(results):
     params = results["solved"].params.copy()
     params[0] = np.nan  # W1[0, 0]: NaN * x1 is NaN, so every output is
-    image = decode(plots.run_plotter().decision_boundary_png(params, "nan"))
+    image = decode(run_plots.run_plotter().decision_boundary_png(params, "nan"))
     grey = np.all(np.abs(image.astype(int) - 191) <= 1, axis=2)  # the "bad" colour, 0.75 grey
     assert grey.sum() > 100 * 100
-    no_loss = plots.run_plotter().learning_curve_png(np.arange(3), np.full(3, np.nan), "no loss")
+    no_loss = run_plots.run_plotter().learning_curve_png(np.arange(3), np.full(3, np.nan), "no loss")
     assert no_loss.startswith(PNG_SIGNATURE)
 
 
 def test_the_images_show_the_run(results):
     """Different runs under one title give different bytes; the surface's pixels have its colours."""
-    plotter = plots.RunPlotter()
+    plotter = run_plots.RunPlotter()
     a, b = results["solved"], results["stuck"]
     assert plotter.learning_curve_png(a.trace_steps, a.loss_trace, "t", 4000) != plotter.learning_curve_png(
         b.trace_steps, b.loss_trace, "t", 4000
@@ -141,36 +156,22 @@ def test_the_images_show_the_run(results):
     assert np.all((predictions > 0.5) == np.array([False, True, True, False]))
 
 
-def test_the_figure_functions_return_new_figures(results):
-    r = results["solved"]
-    curve = plots.learning_curve(r.trace_steps, r.loss_trace, "curve")
-    boundary = plots.decision_boundary(r.params, "boundary")
-    assert isinstance(curve, Figure) and isinstance(boundary, Figure)
-    assert plots.learning_curve(r.trace_steps, r.loss_trace) is not curve
-    assert curve.axes[0].get_title(loc="left") == "curve" and curve.axes[0].get_yscale() == "log"
-    assert boundary.axes[0].get_title(loc="left") == "boundary"
-    for fig in (curve, boundary):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        assert buffer.getvalue().startswith(PNG_SIGNATURE)
-
-
 def test_run_plots_are_titled_with_outcome_and_final_loss(results):
     r = results["solved"]
-    title = plots.run_title("h2-lr5-s3", r.outcome, r.final_loss)
+    title = run_plots.run_title("h2-lr5-s3", r.outcome, r.final_loss)
     assert title == f"h2-lr5-s3: solved, final loss {r.final_loss:.3g}"
-    assert plots.run_title("x", "diverged", float("inf")) == "x: diverged, final loss inf"
+    assert run_plots.run_title("x", "diverged", float("inf")) == "x: diverged, final loss inf"
     render_run_plots(r, "h2-lr5-s3")  # the process's plotter now shows this run
-    plotter = plots.run_plotter()
+    plotter = run_plots.run_plotter()
     assert plotter._curve.title.get_text() == title and plotter._boundary.title.get_text() == title
 
 
 def test_run_figures_size_legend_and_labels_inside(results):
     r = results["stuck"]
-    curve = plots.learning_curve(r.trace_steps, r.loss_trace, "curve", outcome=r.outcome)
-    boundary = plots.decision_boundary(r.params, "boundary")
-    assert curve.canvas.get_width_height() == plots.RUN_CURVE_PX == (640, 400)
-    assert boundary.canvas.get_width_height() == plots.RUN_BOUNDARY_PX == (640, 480)
+    curve = curve_figure(r.trace_steps, r.loss_trace, "curve", outcome=r.outcome)
+    boundary = boundary_figure(r.params, "boundary")
+    assert curve.canvas.get_width_height() == run_plots.RUN_CURVE_PX == (640, 400)
+    assert boundary.canvas.get_width_height() == run_plots.RUN_BOUNDARY_PX == (640, 480)
     assert decode(render_run_plots(r, "x")[DECISION_BOUNDARY]).shape[:2] == (480, 640)
     [legend] = boundary.legends
     assert [t.get_text() for t in legend.get_texts()] == ["target 0", "target 1", "output 0.5"]
@@ -184,7 +185,7 @@ def test_run_figures_size_legend_and_labels_inside(results):
             assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
         assert all(t.get_text() for t in ax.get_yticklabels() if t.get_visible())
     assert legend.get_window_extent(renderer).x1 <= boundary.bbox.width
-    assert curve.axes[0].lines[0].get_color() == plots.OUTCOME_COLORS["stuck"]
+    assert curve.axes[0].lines[0].get_color() == OUTCOME_COLORS["stuck"]
 
 
 def test_decision_surface_in_slices_equals_the_whole_computation():
@@ -195,14 +196,14 @@ def test_decision_surface_in_slices_equals_the_whole_computation():
     with np.errstate(all="ignore"):
         whole = nn.forward(params[:, None], inputs)[0][:, 0]  # (900,): 900 x 3000 at once
     # slices over the inputs (7 inputs x 3000 units at a time): the same bits
-    assert plots.surface_values(params, inputs, budget=7 * h).tobytes() == whole.tobytes()
+    assert run_plots.surface_values(params, inputs, budget=7 * h).tobytes() == whole.tobytes()
     # more units than the budget: sums over blocks of units, the same values to rounding
-    blocks = plots.surface_values(params, inputs, budget=1000)
+    blocks = run_plots.surface_values(params, inputs, budget=1000)
     np.testing.assert_allclose(blocks, whole, rtol=1e-12, atol=1e-15)
     # the plotter computes its 100 x 100 grid through the same slicing
-    boundary = plots.RunPlotter()._boundary
+    boundary = run_plots.RunPlotter()._boundary
     assert boundary.surface(params).shape == (100, 100)
-    expected = plots.surface_values(params, boundary.inputs)
+    expected = run_plots.surface_values(params, boundary.inputs)
     np.testing.assert_array_equal(boundary.surface(params).ravel(), expected)
 
 
@@ -212,7 +213,7 @@ def test_a_wide_network_surface_stays_within_a_memory_bound():
     params = np.random.RandomState(1).randn(4 * 100_000 + 1)  # the issue's hidden_units=100000
     inputs = np.random.RandomState(2).uniform(-0.25, 1.25, size=(2, 200))  # 20 slices of 10 inputs
     tracemalloc.start()
-    values = plots.surface_values(params, inputs)
+    values = run_plots.surface_values(params, inputs)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     # 200 inputs at once would take 160 MB per array (the 100 x 100 grid: 8 GB)
@@ -237,23 +238,23 @@ def decode_rgba(png: bytes) -> np.ndarray:
 def test_run_plotter_pixels_equal_the_figures_drawn_by_matplotlib(results, title):
     """The fast path (surface painted into the canvas, titles from cached glyph bitmaps, blitting)
     gives the very pixels of the same Figure drawn whole by matplotlib (imshow "nearest", Text.draw)."""
-    plotter = plots.RunPlotter()
+    plotter = run_plots.RunPlotter()
     for key in ("solved", "stuck", "diverged", "solved"):  # the last: every glyph now from the cache
         r = results[key]
         boundary = decode_rgba(plotter.decision_boundary_png(r.params, title))
-        expected = plots.decision_boundary(r.params, title)
+        expected = boundary_figure(r.params, title)
         for points in expected.axes[0].collections[1:]:  # the scatters, back to matplotlib's own paths
             points.set_paths([Path(p.vertices, p.codes) for p in points.get_paths()])
         np.testing.assert_array_equal(boundary, canvas_pixels(expected))
         curve = decode_rgba(plotter.learning_curve_png(r.trace_steps, r.loss_trace, title, r.spec.iterations,
                                                        r.outcome))
-        expected = plots.learning_curve(r.trace_steps, r.loss_trace, title, r.spec.iterations, r.outcome)
+        expected = curve_figure(r.trace_steps, r.loss_trace, title, r.spec.iterations, r.outcome)
         np.testing.assert_array_equal(curve, canvas_pixels(expected))
 
 
 def test_the_surface_is_painted_one_cell_per_pixel_centre(results):
     """Each pixel of the axes shows the colour of the grid cell under its centre (3.6 px per cell)."""
-    plotter = plots.RunPlotter()
+    plotter = run_plots.RunPlotter()
     boundary = plotter._boundary
     r = results["solved"]
     png = plotter.decision_boundary_png(r.params, "")
@@ -262,7 +263,7 @@ def test_the_surface_is_painted_one_cell_per_pixel_centre(results):
     image = decode_rgba(png)[rows, columns]  # (360, 360, 4), top row first
     surface = boundary.surface(r.params)  # (G, G), row 0 at the lowest x2
     colours = boundary.image.to_rgba(surface, bytes=True)
-    grid = plots._GRID
+    grid = run_plots._GRID
     checked = 0
     for row in (5, 30, 120, 180, 240, 330, 354):  # from the top; markers sit at 60 and 300
         for column in (5, 30, 120, 180, 240, 330, 354):
@@ -274,18 +275,18 @@ def test_the_surface_is_painted_one_cell_per_pixel_centre(results):
             checked += 1
     assert checked >= 10
     # cells shown as 3 or 4 pixels: 100 distinct cells along each side, none skipped
-    assert len(np.unique(cells[0])) == len(np.unique(cells[:, 0])) == plots._GRID
+    assert len(np.unique(cells[0])) == len(np.unique(cells[:, 0])) == run_plots._GRID
 
 
 def test_glyph_cache_reuses_bitmaps_and_stays_bounded(results, monkeypatch):
     r = results["stuck"]
-    plotter = plots.RunPlotter()
+    plotter = run_plots.RunPlotter()
     plotter.learning_curve_png(r.trace_steps, r.loss_trace, "aaaa aaaa", r.spec.iterations, r.outcome)
     held = len(plotter._glyphs._bitmaps)
     assert 1 <= held <= 9  # 'a' and ' ' at a few 1/64-pixel offsets
     plotter.learning_curve_png(r.trace_steps, r.loss_trace, "aaaa aaaa", r.spec.iterations, r.outcome)
     assert len(plotter._glyphs._bitmaps) == held  # drawn again from the cache
-    monkeypatch.setattr(plots, "_MAX_GLYPHS", 3)
+    monkeypatch.setattr(run_plots, "_MAX_GLYPHS", 3)
     for text in ("bcdefgh", "ijklmnop", "qrstuvw"):
         plotter.learning_curve_png(r.trace_steps, r.loss_trace, text, r.spec.iterations, r.outcome)
         assert len(plotter._glyphs._bitmaps) <= 3 + len(text)
@@ -293,7 +294,7 @@ def test_glyph_cache_reuses_bitmaps_and_stays_bounded(results, monkeypatch):
 
 def test_marker_path_extents_are_matplotlibs_computed_once():
     circle = Path.unit_circle()
-    marker = plots._MarkerPath(circle)
+    marker = run_plots._MarkerPath(circle)
     scale = matplotlib.transforms.Affine2D().scale(4.7).translate(3, -2)
     assert marker.get_extents(scale).bounds == circle.get_extents(scale).bounds
     marker.get_extents(scale).set_points(np.zeros((2, 2)))  # callers get a copy

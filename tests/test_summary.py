@@ -10,8 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
-from xorexp import plots, summary
+from xorexp import summary, sweep_plots
+from xorexp.plot_style import OUTCOME_COLORS
 from xorexp.summary import RunRecord
 
 
@@ -305,44 +307,44 @@ def tick_texts(axis):
 
 
 def test_which_figures_follow_what_the_sweep_varied():
-    lr_only = plots.sweep_figures(*sweep([2], ["0.01", "0.1", "1"], 1))
+    lr_only = sweep_plots.sweep_figures(*sweep([2], ["0.01", "0.1", "1"], 1))
     assert set(lr_only) == {
         "plots/success_rate_vs_lr.png",
         "plots/final_loss_vs_lr.png",
         "plots/loss_curves.png",
     }
-    h_only = plots.sweep_figures(*sweep([1, 2, 3], ["0.1"], 4))
+    h_only = sweep_plots.sweep_figures(*sweep([1, 2, 3], ["0.1"], 4))
     assert set(h_only) == {
         "plots/success_rate_vs_hidden_units.png",
         "plots/final_loss_vs_hidden_units.png",
         "plots/loss_curves.png",
     }
-    both = plots.sweep_figures(*sweep([2, 3], ["0.5", "2"], 2))
+    both = sweep_plots.sweep_figures(*sweep([2, 3], ["0.5", "2"], 2))
     assert set(both) == {
         "plots/success_rate_heatmap.png",
         "plots/final_loss_vs_lr.png",
         "plots/loss_curves.png",
     }
-    seeds_only = plots.sweep_figures(*sweep([2], ["0.1"], 5))
+    seeds_only = sweep_plots.sweep_figures(*sweep([2], ["0.1"], 5))
     assert set(seeds_only) == {"plots/success_rate.png", "plots/final_loss.png", "plots/loss_curves.png"}
-    without_curves = plots.sweep_figures(*sweep([2], ["0.1", "1"], 2)[:2])
+    without_curves = sweep_plots.sweep_figures(*sweep([2], ["0.1", "1"], 2)[:2])
     assert "plots/loss_curves.png" not in without_curves
-    assert plots.sweep_figures([], [], []) == {}
+    assert sweep_plots.sweep_figures([], [], []) == {}
     for fig in [*lr_only.values(), *h_only.values(), *both.values(), *seeds_only.values()]:
         width, height = fig.canvas.get_width_height()
-        assert (width, height) == plots.SWEEP_PX and min(plots.SWEEP_PX) >= 560
+        assert (width, height) == sweep_plots.SWEEP_PX and min(sweep_plots.SWEEP_PX) >= 560
         png(fig)
 
 
 def test_narrow_final_losses_get_a_labelled_linear_axis_from_zero():
     # the README's lr sweep: three stuck runs at 0.347-0.352 must not look like an improvement
-    figs = plots.sweep_figures(*sweep([2], ["0.01", "0.1", "1"], 1, solved_per_group=lambda h, lr: 0))
+    figs = sweep_plots.sweep_figures(*sweep([2], ["0.01", "0.1", "1"], 1, solved_per_group=lambda h, lr: 0))
     ax = figs["plots/final_loss_vs_lr.png"].axes[0]
     assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0.0
     assert len(tick_texts(ax.yaxis)) >= 3 and all(tick_texts(ax.yaxis))
     assert tick_texts(ax.xaxis) == ["0.01\nn=1", "0.1\nn=1", "1\nn=1"]
     # a wide range: log axis on whole decades, every major tick labelled
-    wide = plots.sweep_figures(*sweep([2], ["0.1", "1"], 4))["plots/final_loss_vs_lr.png"].axes[0]
+    wide = sweep_plots.sweep_figures(*sweep([2], ["0.1", "1"], 4))["plots/final_loss_vs_lr.png"].axes[0]
     assert wide.get_yscale() == "log"
     png(wide.figure)
     labelled = [t for t in wide.yaxis.get_majorticklocs() if wide.get_ylim()[0] <= t <= wide.get_ylim()[1]]
@@ -353,7 +355,7 @@ def test_success_rate_points_carry_counts_and_wilson_intervals():
     groups, records, curves = sweep(
         [1, 2, 3], ["0.1"], 20, solved_per_group=lambda h, lr: {1: 0, 2: 13, 3: 20}[h]
     )
-    ax = plots.sweep_figures(groups, records, curves)["plots/success_rate_vs_hidden_units.png"].axes[0]
+    ax = sweep_plots.sweep_figures(groups, records, curves)["plots/success_rate_vs_hidden_units.png"].axes[0]
     assert sorted(t.get_text() for t in ax.texts) == ["0/20", "13/20", "20/20"]
     assert tick_texts(ax.xaxis) == ["1\nn=20", "2\nn=20", "3\nn=20"]
     [points] = [line for line in ax.lines if line.get_marker() == "o"]
@@ -368,7 +370,7 @@ def test_success_heatmap_cells_show_count_and_interval():
         [2, 3], ["0.1", "1"], 20, solved_per_group=lambda h, lr: 13 if h == 2 else 20
     )
     extra = [rec("other-it", h=2, lr="0.1", seed=0, iterations="5000", outcome="stuck", loss=0.3)]
-    fig = plots.success_heatmap(summary.summarize(records + extra))  # pools the other iterations
+    fig = sweep_plots.success_heatmap(summary.summarize(records + extra))  # pools the other iterations
     ax = fig.axes[0]
     texts = sorted(t.get_text() for t in ax.texts)
     assert (
@@ -381,13 +383,13 @@ def test_success_heatmap_cells_show_count_and_interval():
 
 def test_final_loss_draws_every_run_by_outcome_and_the_median():
     groups, records, curves = sweep([2], ["0.1"], 20, solved_per_group=lambda h, lr: 13)
-    ax = plots.sweep_figures(groups, records, curves)["plots/final_loss.png"].axes[0]
+    ax = sweep_plots.sweep_figures(groups, records, curves)["plots/final_loss.png"].axes[0]
     [dots] = [c for c in ax.collections if len(c.get_offsets()) == 20]
     colours = [tuple(np.round(c[:3], 3)) for c in dots.get_facecolors()]
     from matplotlib.colors import to_rgb
 
-    assert colours.count(tuple(np.round(to_rgb(plots.OUTCOME_COLORS["solved"]), 3))) == 13
-    assert colours.count(tuple(np.round(to_rgb(plots.OUTCOME_COLORS["stuck"]), 3))) == 7
+    assert colours.count(tuple(np.round(to_rgb(OUTCOME_COLORS["solved"]), 3))) == 13
+    assert colours.count(tuple(np.round(to_rgb(OUTCOME_COLORS["stuck"]), 3))) == 7
     [median] = [c for c in ax.collections if c is not dots]
     assert median.get_segments()[0][0, 1] == pytest.approx(np.median([r.final_loss for r in records]))
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -397,7 +399,7 @@ def test_final_loss_draws_every_run_by_outcome_and_the_median():
 
 def test_loss_curves_show_every_run_by_outcome_with_n_in_each_panel():
     groups, records, curves = sweep([2, 3], ["0.1"], 20, solved_per_group=lambda h, lr: {2: 13, 3: 20}[h])
-    fig = plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
+    fig = sweep_plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title(loc="left") for ax in panels] == [
         "h=2 (n=20)\n13 solved, 7 stuck",
@@ -406,12 +408,12 @@ def test_loss_curves_show_every_run_by_outcome_with_n_in_each_panel():
     h2 = panels[0]
     per_outcome = {}
     for collection in h2.collections:
-        per_outcome[plots.matplotlib.colors.to_hex(collection.get_colors()[0])] = len(
+        per_outcome[to_hex(collection.get_colors()[0])] = len(
             collection.get_segments()
         )
     assert per_outcome == {
-        plots.OUTCOME_COLORS["stuck"].lower(): 7,
-        plots.OUTCOME_COLORS["solved"].lower(): 13,
+        OUTCOME_COLORS["stuck"].lower(): 7,
+        OUTCOME_COLORS["solved"].lower(): 13,
     }
     assert len(h2.lines) == 1  # the median of all 20 on top
     assert all(tick_texts(h2.yaxis)) and len(tick_texts(h2.yaxis)) >= 2  # shared y: labels on the first
@@ -423,20 +425,20 @@ def test_loss_curves_show_every_run_by_outcome_with_n_in_each_panel():
 
 def test_loss_curves_beyond_50_seeds_show_solved_and_stuck_apart():
     groups, records, curves = sweep([2], ["0.1"], 60, solved_per_group=lambda h, lr: 45)
-    fig = plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
+    fig = sweep_plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
     [ax] = [a for a in fig.axes if a.get_visible()]
     assert ax.get_title(loc="left") == "h=2 lr=0.1 (n=60)\n45 solved, 15 stuck"
     assert not [c for c in ax.collections if hasattr(c, "get_segments") and len(c.get_segments()) > 2]
-    colours = sorted(plots.matplotlib.colors.to_hex(line.get_color()) for line in ax.lines)
-    assert colours == sorted([plots.OUTCOME_COLORS["solved"].lower(), plots.OUTCOME_COLORS["stuck"].lower()])
-    final = plots.sweep_figures(groups, records, curves)["plots/final_loss.png"].axes[0]
+    colours = sorted(to_hex(line.get_color()) for line in ax.lines)
+    assert colours == sorted([OUTCOME_COLORS["solved"].lower(), OUTCOME_COLORS["stuck"].lower()])
+    final = sweep_plots.sweep_figures(groups, records, curves)["plots/final_loss.png"].axes[0]
     assert sorted(t.get_text() for t in final.texts if t.get_text().isdigit()) == ["15", "45"]
     png(fig)
 
 
 def test_many_groups_draw_all_runs_in_one_panel():
     groups, records, curves = sweep(list(range(1, 8)), ["0.1", "1"], 2)  # 14 groups
-    fig = plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
+    fig = sweep_plots.sweep_figures(groups, records, curves)["plots/loss_curves.png"]
     [ax] = fig.axes
     assert sum(len(c.get_segments()) for c in ax.collections) == 28
     png(fig)
@@ -445,6 +447,45 @@ def test_many_groups_draw_all_runs_in_one_panel():
 def test_figures_need_the_traces_of_every_run():
     groups, records, curves = sweep([2], ["0.1", "1"], 2)
     with pytest.raises(ValueError):
-        plots.sweep_figures(groups, records, curves[:-1])
+        sweep_plots.sweep_figures(groups, records, curves[:-1])
     with pytest.raises(ValueError):
-        plots.sweep_figures(groups, records, [c[:1] for c in curves])
+        sweep_plots.sweep_figures(groups, records, [c[:1] for c in curves])
+
+
+def test_figure_values_are_ordered_by_number_not_text():
+    groups, records, curves = sweep([10, 2, 1], ["1", "0.01", "0.1"], 2)
+    gruns = summary.figure_groups(groups, records, curves)
+    assert summary.values_in_order(gruns, "lr") == [("0.01", 0.01), ("0.1", 0.1), ("1", 1.0)]
+    assert summary.values_in_order(gruns, "hidden_units") == [("1", 1), ("2", 2), ("10", 10)]
+    assert summary.values_in_order(gruns, None) == [(summary.ALL_RUNS, None)]
+    # a value without a number ("null") comes after every number
+    nulls = [rec("a", stop_loss="0.5"), rec("b", stop_loss="null"), rec("c", stop_loss="0.05")]
+    grouped = summary.summarize(nulls)
+    shown = summary.values_in_order(summary.figure_groups(grouped, nulls), "stop_loss")
+    assert shown == [("0.05", 0.05), ("0.5", 0.5), ("null", None)]
+
+
+def test_pooled_success_and_runs_per_value_pool_the_other_values():
+    _, records, _ = sweep([2, 3], ["0.1", "1"], 4, solved_per_group=lambda h, lr: h - 1 + (lr == "1"))
+    failed = rec("f", h=2, lr="0.1", seed=9, outcome=None, loss=None, status="FAILED")
+    groups = summary.summarize([*records, failed])
+    gruns = summary.figure_groups(groups, records, None)
+    # solved per (h, lr): (2, 0.1) 1, (2, 1) 2, (3, 0.1) 2, (3, 1) 3, each of 4 seeds
+    assert summary.pooled_success(gruns, "lr", "hidden_units") == {
+        ("0.1", "2"): (1, 4), ("1", "2"): (2, 4), ("0.1", "3"): (2, 4), ("1", "3"): (3, 4)
+    }
+    assert summary.pooled_success(gruns, "lr", None) == {("0.1", ""): (3, 8), ("1", ""): (5, 8)}
+    assert summary.pooled_success(gruns, None, None) == {(summary.ALL_RUNS, ""): (8, 16)}
+    assert summary.runs_per_value(gruns, "hidden_units") == {"2": 8, "3": 8}
+    assert summary.runs_per_value(gruns, None) == {summary.ALL_RUNS: 16}
+    assert summary.outcome_totals(gruns) == {"solved": 8, "stuck": 8, "diverged": 0, "failed": 1}
+    assert summary.outcome_totals([]) == {"solved": 0, "stuck": 0, "diverged": 0, "failed": 0}
+
+
+def test_success_grid_puts_rates_in_ascending_rows_and_columns():
+    cells = {(3, 1.0): (4, 4), (2, 0.1): (1, 4), (3, 0.1): (0, 0), (2, 10.0): (2, 5)}
+    rows, cols, rate = summary.success_grid(cells)
+    assert rows == [2, 3] and cols == [0.1, 1.0, 10.0]
+    np.testing.assert_array_equal(rate, [[0.25, np.nan, 0.4], [np.nan, 1.0, np.nan]])
+    rows, cols, rate = summary.success_grid({})
+    assert rows == [] and cols == [] and rate.shape == (0, 0)

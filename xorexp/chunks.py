@@ -9,7 +9,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Sequence
 
-from xorexp import plots
+from xorexp import run_plots
 from xorexp.train import RunResult, RunSpec, train
 
 LEARNING_CURVE = "plots/learning_curve.png"
@@ -22,10 +22,10 @@ def train_chunk(specs: Sequence[RunSpec]) -> list[RunResult]:
 
 
 def render_run_plots(result: RunResult, name: str) -> dict[str, bytes]:
-    """The two per-run figures as PNG bytes, keyed by artifact path (``plots.RunPlotter``), titled
+    """The two per-run figures as PNG bytes, keyed by artifact path (``run_plots.RunPlotter``), titled
     with the run's name, outcome and final loss."""
-    plotter = plots.run_plotter()
-    title = plots.run_title(name, result.outcome, result.final_loss)
+    plotter = run_plots.run_plotter()
+    title = run_plots.run_title(name, result.outcome, result.final_loss)
     return {
         LEARNING_CURVE: plotter.learning_curve_png(
             result.trace_steps, result.loss_trace, title, iterations=result.spec.iterations,

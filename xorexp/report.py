@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from xorexp import plots, summary, tracking
+from xorexp import summary, sweep_plots, tracking
 from xorexp.config import RESULT_KEYS, sweep_overrides
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def finish_sweep(
     tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
     figures = {}
     if records:
-        figures = plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
+        figures = sweep_plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
     tracking.log_to_run(
         store,
         parent_run_id,

@@ -427,7 +427,7 @@ def trace_band(
     return grid, median, low, high, count
 
 
-# ---- what the sweep figures show, computed here so that xorexp.plots only draws ----
+# ---- what the sweep figures show, computed here so that xorexp.sweep_plots only draws ----
 
 AXIS_PREFERENCE = ("lr", "hidden_units", "iterations", "stop_loss", "trace_every")
 
@@ -542,3 +542,67 @@ def success_cells(groups: Sequence[GroupSummary]) -> dict[tuple[int, float], tup
         cell[0] += g.n_solved
         cell[1] += g.n_seeds
     return {key: (solved, n) for key, (solved, n) in cells.items()}
+
+
+ALL_RUNS = "all runs"  # the one x value of a figure over a sweep that varied only the seed
+
+
+def slot_text(key: str | None, group: GroupSummary) -> str:
+    """A group's x (or series) value as the figures show it; ``ALL_RUNS`` without a key."""
+    return show_param(key, group) if key else ALL_RUNS
+
+
+def values_in_order(gruns: Sequence[GroupRuns], key: str | None) -> list[tuple[str, float | None]]:
+    """The distinct shown values of ``key`` among the groups, with their numbers, ordered by value
+    (values without a number last, then by text): the x values or series of a sweep figure."""
+    shown: dict[str, float | None] = {}
+    for g in gruns:
+        shown[slot_text(key, g.group)] = g.group.value(key) if key else None
+    return sorted(shown.items(), key=lambda item: (item[1] is None, item[1] if item[1] is not None else 0.0,
+                                                   item[0]))
+
+
+def pooled_success(
+    gruns: Sequence[GroupRuns], x_key: str | None, series_key: str | None
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(x value, series value) -> (solved, seeds), pooling the groups that share both (series ``""``
+    without a series key)."""
+    pooled: dict[tuple[str, str], list[int]] = {}
+    for g in gruns:
+        s = show_param(series_key, g.group) if series_key else ""
+        cell = pooled.setdefault((slot_text(x_key, g.group), s), [0, 0])
+        cell[0] += g.group.n_solved
+        cell[1] += g.group.n_seeds
+    return {key: (solved, n) for key, (solved, n) in pooled.items()}
+
+
+def runs_per_value(gruns: Sequence[GroupRuns], key: str | None) -> dict[str, int]:
+    """Runs with a result per shown value of ``key`` (``ALL_RUNS`` without a key)."""
+    out: dict[str, int] = {}
+    for g in gruns:
+        text = slot_text(key, g.group)
+        out[text] = out.get(text, 0) + g.n
+    return out
+
+
+def outcome_totals(gruns: Sequence[GroupRuns]) -> dict[str, int]:
+    """Runs per outcome over every group, failed jobs included (``failed``)."""
+    totals = {o: 0 for o in (*OUTCOMES, "failed")}
+    for g in gruns:
+        for outcome, n in g.counts().items():
+            totals[outcome] += n
+    return totals
+
+
+def success_grid(
+    cells: Mapping[tuple[int, float], tuple[int, int]],
+) -> tuple[list[int], list[float], np.ndarray]:
+    """``success_cells`` as a table: hidden_units ascending (rows), lr ascending (columns) and the
+    success rate of each cell, NaN where it has no result."""
+    rows = sorted({h for h, _ in cells})
+    cols = sorted({lr for _, lr in cells})
+    rate = np.full((len(rows), len(cols)), np.nan)  # (hidden_units, lr)
+    for (h, lr), (solved, n) in cells.items():
+        if n:
+            rate[rows.index(h), cols.index(lr)] = solved / n
+    return rows, cols, rate

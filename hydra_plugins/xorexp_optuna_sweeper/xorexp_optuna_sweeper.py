@@ -13,32 +13,15 @@ from hydra_plugins.xorexp_optuna_sweeper.config import XorexpOptunaSweeperConf  
 
 
 class XorexpOptunaSweeper(Sweeper):
-    def __init__(
-        self,
-        sampler: str,
-        direction: str,
-        n_trials: int,
-        n_jobs: int,
-        seed: int | None,
-        storage: str | None,
-        study_name: str,
-        params: DictConfig | None,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        """``settings``: the fields of ``XorexpOptunaSweeperConf`` (sampler, direction, n_trials,
+        n_jobs, seed, storage, study_name, params), as Hydra instantiates the sweeper with them."""
         try:  # Optuna is imported only when this sweeper is used
             from hydra_plugins.xorexp_optuna_sweeper import _core
         except ImportError as error:
             raise ImportError(f"hydra/sweeper=xorexp_optuna needs optuna>=4 ({error})") from error
 
-        self.core = _core.OptunaSweep(
-            sampler=sampler,
-            direction=direction,
-            n_trials=n_trials,
-            n_jobs=n_jobs,
-            seed=seed,
-            storage=storage,
-            study_name=study_name,
-            params=params,
-        )
+        self.core = _core.OptunaSweep(**settings)
 
     @staticmethod
     def check_config(conf: DictConfig) -> None:
