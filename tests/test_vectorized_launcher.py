@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
@@ -70,3 +72,55 @@ def test_workers_and_chunks_do_not_change_bits(tmp_path):
         snapshots[name] = store_snapshot(where)
     assert len(snapshots["in_process"]) == 40
     assert snapshots["in_process"] == snapshots["two_workers_chunks_of_7"]
+
+
+def _job_dir_files(sweep_dir: Path, where: Path) -> dict[str, str]:
+    """Each job dir's ``.hydra/*.yaml`` texts, with only what legitimately differs between the two
+    launchers normalised: the launch dir, the launcher's own node, overrides and choice, the job id
+    (Hydra's basic launcher uses the job number, the joblib-style launchers ``<name>_<num>``)."""
+    out = {}
+    for path in sorted(sweep_dir.glob("*/.hydra/*.yaml")):
+        lines, skipping = [], False
+        for line in path.read_text().replace(str(where), "<launch dir>").splitlines(keepends=True):
+            if skipping and line.startswith("   "):
+                continue
+            skipping = line == "  launcher:\n"
+            if skipping or line.startswith(("    - hydra/launcher=", "    - hydra.launcher.")):
+                continue
+            if line.startswith("      hydra/launcher: "):
+                line = "      hydra/launcher: <launcher>\n"
+            if line.startswith("    id: "):
+                line = "    id: <job id>\n"
+            lines.append(line)
+        out[str(path.relative_to(sweep_dir))] = "".join(lines)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_job_dirs_are_what_hydras_basic_launcher_writes(tmp_path, workers):
+    """The lean job runner writes each job dir's .hydra files as Hydra's run_job does, byte for byte
+    (an experiment name long enough to wrap in hydra.yaml, quoted values), and each job's log file
+    where Hydra's job logging puts it, holding that job's lines only."""
+    experiment = "an experiment name with spaces long enough to wrap in hydra yaml " + "x" * 60
+    sweep = ["-m", "lr=0.5,4", "seed=range(0,10)", "iterations=200", f"tracking.experiment={experiment}",
+             "stop_loss=null", "trace_every=20", "hydra.sweep.dir=sweep"]
+    files = {}
+    for launcher in ("basic", "vectorized"):
+        where = tmp_path / launcher
+        where.mkdir()
+        flags = [f"hydra.launcher.n_jobs={workers}"] if launcher == "vectorized" else []
+        proc = run_cli(where, *sweep, f"hydra/launcher={launcher}", *flags)
+        assert proc.returncode == 0, proc.stderr
+        files[launcher] = _job_dir_files(where / "sweep", where)
+        for num in range(20):
+            job_dir = where / "sweep" / str(num)
+            assert sorted(p.name for p in job_dir.glob("*.log")) == ["app.log"]
+            lines = (job_dir / "app.log").read_text().splitlines()
+            names = [line.split(" - ")[1].split(":")[0] for line in lines]
+            lr, seed = ("0.5", "4")[num // 10], num % 10
+            assert names == [f"h2-lr{lr}-s{seed}"], (launcher, num, names)
+    assert len(files["basic"]) == 60
+    # the long override wraps over two lines of hydra.yaml, escaped as Hydra writes it
+    assert "    - tracking.experiment=an\\ experiment\\ name" in files["basic"]["0/.hydra/hydra.yaml"]
+    assert files["vectorized"] == files["basic"]

@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from xorexp import sweep
 from xorexp.config import register, to_run_spec
 from xorexp.errors import BAD_INPUT, FAILED, Abort, ConfigError, Interrupted, fail, say
-from xorexp.job import run_job
+from xorexp.job import handed, run_tracked
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -33,11 +33,17 @@ register()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    """The task function: one job. Under the vectorized launcher the job's spec comes checked with
+    the launcher's handover (``job.handed``); otherwise (a single run, another launcher) it is
+    checked here, once."""
+    handover = handed()
+    if handover is not None:
+        return run_tracked(cfg, handover.spec, handover)
     try:
         spec = to_run_spec(cfg)
     except ConfigError as error:
         fail(error)
-    return run_job(cfg, spec)
+    return run_tracked(cfg, spec)
 
 
 def _raise_interrupted(signum: int, frame) -> None:

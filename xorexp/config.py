@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +55,18 @@ def register() -> None:
 
 def to_run_spec(cfg: DictConfig) -> RunSpec:
     """The run a job config describes; raises ConfigError with one line on bad values."""
-    for key in RESULT_KEYS:
-        problem = check_value(key, cfg[key])
-        if problem:
-            raise ConfigError(f"invalid config: {problem}")
+    spec = spec_from_values({key: cfg[key] for key in RESULT_KEYS})
     check_tracking(cfg)
-    return RunSpec(**{key: cfg[key] for key in RESULT_KEYS})
+    return spec
+
+
+def spec_from_values(values: Mapping[str, Any]) -> RunSpec:
+    """The RunSpec of the result keys' values, checked once (by ``RunSpec`` itself, key by key in
+    ``RULES`` order); raises ConfigError with one line naming the first bad key."""
+    try:
+        return RunSpec(**values)
+    except ValueError as error:  # RunSpec's message is check_value's one line
+        raise ConfigError(f"invalid config: {error}") from None
 
 
 def check_tracking(cfg: DictConfig) -> None:

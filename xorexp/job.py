@@ -18,6 +18,8 @@ import math
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -39,20 +41,39 @@ log = logging.getLogger(__name__)
 JOB_RECORD = "xorexp_job.json"  # in each job's output dir: what the job did, for the sweep's summary
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
-# What a launcher hands to a job it trained ahead: the result and its rendered plots, or the
-# exception that stopped the launcher's worker on this run. Scoped to one job by ``handing_over``.
-Handover = tuple[RunResult | None, dict[str, bytes] | Exception | None]
-_handed: dict[RunSpec, Handover] = {}
+
+@dataclass(frozen=True)
+class Handover:
+    """What a launcher gives the job it runs: the job's checked spec and what it computed for it.
+
+    ``result`` and ``pngs`` (the rendered plots; None: render them in the job) when the launcher
+    trained the run; ``error`` when the launcher's work on the run failed (the job ends FAILED with
+    it). A handover with only a spec makes the job train the run itself, without checking the spec
+    again.
+    """
+
+    spec: RunSpec
+    result: RunResult | None = None
+    pngs: dict[str, bytes] | None = None
+    error: Exception | None = None
+
+
+_handover: ContextVar[Handover | None] = ContextVar("xorexp_handover", default=None)
 
 
 @contextmanager
-def handing_over(spec: RunSpec, handover: Handover) -> Iterator[None]:
-    """While inside, the job of ``spec`` logs ``handover`` instead of training: same spec, same bits."""
-    _handed[spec] = handover
+def handing_over(handover: Handover) -> Iterator[None]:
+    """The launcher's side: while inside, the job run in this context gets ``handover`` (``handed``)."""
+    token = _handover.set(handover)
     try:
         yield
     finally:
-        _handed.pop(spec, None)
+        _handover.reset(token)
+
+
+def handed() -> Handover | None:
+    """The job's side (its task function): what the launcher handed over, None for a job run without."""
+    return _handover.get()
 
 
 @functools.cache
@@ -150,8 +171,9 @@ def _store_abort(store: Store, error: BaseException) -> Abort | None:
     return Abort(problem) if problem else None
 
 
-def run_job(cfg: DictConfig, spec: RunSpec) -> float:
-    """Train (unless a launcher did already) and log one job; returns the objective, final_loss.
+def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None) -> float:
+    """Train (unless the launcher's ``handover`` has the result) and log one job; returns the
+    objective, final_loss. ``spec`` is the job's checked spec (the handover's, or ``to_run_spec``'s).
 
     A job that raises is logged as a FAILED run (created then if it had none) with its traceback
     and reported in one line. In a multirun it returns NaN so the other jobs go on (the sweep's end
@@ -172,9 +194,10 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
             return reused
     run_id = earlier.get("run_id") if earlier else None
     parent_id = parent.run_id if parent else None
-    handed = _handed.get(spec)
     try:
-        if handed is None:  # train here, the run RUNNING meanwhile
+        if handover is not None and handover.error is not None:  # the launcher's work on it failed
+            raise handover.error
+        if handover is None or handover.result is None:  # train here, the run RUNNING meanwhile
             if run_id is None:
                 run_id = writing.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
                 record.write(run_id=run_id, status="RUNNING")
@@ -184,16 +207,13 @@ def run_job(cfg: DictConfig, spec: RunSpec) -> float:
                 iterations.close()
             track(store, run_id, result, cfg)
         else:  # trained by the launcher
-            result, pngs = handed
-            if isinstance(pngs, Exception):  # the launcher's worker failed on this run
-                raise pngs
-            assert result is not None
+            result = handover.result
             if run_id is None:
                 run_id = writing.start_run(
                     store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
                 )
                 record.write(run_id=run_id, status="RUNNING")
-            track(store, run_id, result, cfg, pngs, params_logged=False)
+            track(store, run_id, result, cfg, handover.pngs, params_logged=False)
     except KeyboardInterrupt as interrupt:
         if run_id is not None:
             _end_quietly(store, run_id, "KILLED")

@@ -1,25 +1,33 @@
-"""Job configs of a sweep, as Hydra's ``load_sweep_config`` makes them, without ~40 ms for each."""
+"""Job configs of a sweep, as Hydra's ``load_sweep_config`` makes them, each composed once.
+
+The launcher plans every job first (``Composer.plan``: its parsed overrides and its checked RunSpec)
+and builds a job's configs only when the job runs (``Composer.job_configs``), from what it composed
+while planning. Nothing is composed twice and no spec is checked twice.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cloudpickle
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from xorexp.config import ConfigError, to_run_spec
+from xorexp.config import ConfigError, check_tracking, spec_from_values, to_run_spec
 from xorexp.errors import fail
 from xorexp.params import RESULT_KEYS
 from xorexp.train import RunSpec
 
-log = logging.getLogger(__name__)
+from ._hydra_job import HydraYaml
 
-SPEC_KEYS = (*RESULT_KEYS, "tracking.uri", "tracking.experiment")
+log = logging.getLogger(__name__)
+TRACKING_KEYS = ("tracking.uri", "tracking.experiment")  # what ``check_tracking`` reads
 
 
 def _is_leaf(cfg: DictConfig, key: str) -> bool:
@@ -30,66 +38,174 @@ def _is_leaf(cfg: DictConfig, key: str) -> bool:
     return node is not None and not OmegaConf.is_config(node)
 
 
+@dataclass
+class Planned:
+    """A job as planned: its overrides parsed once, its spec checked once (None: not an xorexp run
+    config), and its config when planning composed it (else it is derived from its shape's template
+    when the job runs)."""
+
+    parsed: list[Override]
+    spec: RunSpec | None
+    cfg: DictConfig | None = None
+
+
+@dataclass
+class JobConfigs:
+    """What a job runs with, as Hydra's ``run_job`` would make it: ``config`` (the whole job config),
+    ``task`` (``config`` without its ``hydra`` node: the task function's argument) and ``hydra``
+    (``config``'s ``hydra`` node alone: HydraConfig's and the JobReturn's), and, when the job's shape
+    has one, the template of its ``.hydra/hydra.yaml``."""
+
+    config: DictConfig
+    task: DictConfig
+    hydra: DictConfig
+    hydra_yaml: HydraYaml | None = None
+
+
+@dataclass
+class _Template:
+    """The first job of a shape: its overrides, its three configs pickled (unpickling makes a fresh
+    copy ~7x faster than ``copy.deepcopy``; cloudpickle: plain pickle refuses the schema classes of
+    plugins Hydra loaded outside sys.modules), the values a RunSpec needs and its hydra.yaml template."""
+
+    parsed: list[Override]
+    config: bytes
+    task: bytes
+    hydra: bytes
+    values: dict | None
+    hydra_yaml: HydraYaml | None
+    lines: frozenset[str]  # its overrides as typed
+    tracking: dict  # its TRACKING_KEYS' values
+
+
+def split(config: DictConfig) -> tuple[DictConfig, DictConfig]:
+    """``config``'s task config and hydra config, copied exactly as Hydra's ``run_job`` does."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    OmegaConf.set_readonly(config.hydra, True)  # as HydraConfig.set_config leaves it
+    return task, OmegaConf.masked_copy(config, "hydra")
+
+
 class Composer:
     """Job configs, as Hydra's ``load_sweep_config`` makes them, without paying ~40 ms for each.
 
-    Jobs of a grid differ only in the values of the same plain keys. The first job of each such
-    shape is composed by Hydra; the others are a copy of it with their values set the way Hydra sets
-    an override (``OmegaConf.update(..., merge=True)``) and their ``hydra.overrides.task`` and
+    Jobs of a grid differ only in the values of the same plain keys (a "shape"). The first job of
+    each shape is composed by Hydra; the others are a copy of it with their values set the way Hydra
+    sets an override (``OmegaConf.update(..., merge=True)``) and their ``hydra.overrides.task`` and
     ``hydra.job.override_dirname`` rewritten. The second job of each shape is composed both ways and
     compared; any difference turns the shortcut off for the sweep. Overrides of config groups, of
-    ``hydra.*`` keys and anything but ``key=value`` always go through Hydra.
+    ``hydra.*`` keys and anything but ``key=value`` always go through Hydra. A Composer is pickled
+    to the launcher's worker processes with its templates: they never compose.
     """
 
     def __init__(self, config_loader, master_config: DictConfig) -> None:
         self.config_loader = config_loader
         self.master_config = master_config
         self.parser = OverridesParser.create()
-        # shape -> (its first job's overrides, that job's config pickled, the values a RunSpec needs)
-        self.templates: dict[tuple, tuple[list[Override], bytes, dict | None]] = {}
+        self.templates: dict[tuple, _Template] = {}
         self.checked: set[tuple] = set()
         self.enabled = True
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "parser": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.parser = OverridesParser.create()
 
     def full(self, overrides: Sequence[str]) -> DictConfig:
         return self.config_loader.load_sweep_config(self.master_config, list(overrides))
 
-    def spec_of(self, overrides: Sequence[str]) -> RunSpec | None:
-        """The job's RunSpec (None if its config is not an xorexp run), without building its config
-        when the job is derivable: the template's values with the job's override values."""
+    def plan(self, overrides: Sequence[str]) -> Planned:
+        """The job's parsed overrides and checked spec; a bad value stops the whole launch in one
+        line, before anything runs. A derivable job's spec is the template's values with the job's
+        override values: no config is built for it here."""
         parsed = self.parser.parse_overrides(list(overrides))
         shape = self._shape(parsed)
-        if shape is not None and self.enabled and shape in self.templates and shape in self.checked:
-            template_overrides, template, values = self.templates[shape]
-            if values is not None:
-                job_values = dict(values)
-                for override in parsed:
-                    if override.key_or_group in job_values:
-                        job_values[override.key_or_group] = override.value()
-                return _checked_spec(job_values)
-        return _spec_of(self.compose(overrides))
+        if self._derivable(shape):
+            template = self.templates[shape]
+            if template.values is None:
+                return Planned(parsed, None)
+            values = dict(template.values)
+            tracking = {}
+            for override in parsed:
+                key = override.key_or_group
+                if key in values:
+                    values[key] = override.value()
+                elif key in TRACKING_KEYS and override.input_line not in template.lines:
+                    tracking[key.split(".")[1]] = override.value()
+            if tracking:  # not from a sweep (tracking.* cannot be swept), but check it if it comes
+                _checked(check_tracking, OmegaConf.create({"tracking": {**template.tracking, **tracking}}))
+            return Planned(parsed, _checked(spec_from_values, values))
+        cfg = self._compose(overrides, parsed, shape)
+        if not all(key in cfg for key in RESULT_KEYS):
+            return Planned(parsed, None, cfg)
+        return Planned(parsed, _checked(to_run_spec, cfg), cfg)
 
-    def compose(self, overrides: Sequence[str]) -> DictConfig:
-        parsed = self.parser.parse_overrides(list(overrides))
-        shape = self._shape(parsed)
+    def job_configs(self, planned: Planned, job_idx: int | None) -> JobConfigs:
+        """The job's configs with its ``hydra.job.id``/``num`` set (unless ``job_idx`` is None),
+        made once for the job."""
+        shape = self._shape(planned.parsed)
+        if planned.cfg is None and not self._derivable(shape):  # only if the shortcut was turned off
+            planned.cfg = self.full([o.input_line for o in planned.parsed])
+        if planned.cfg is not None and not (self._derivable(shape) and self.templates[shape].hydra_yaml):
+            config = planned.cfg
+            _set_job(config, job_idx)
+            task, hydra = split(config)
+            return JobConfigs(config, task, hydra)
+        template = self.templates[shape]
+        config, task, hydra = (pickle.loads(b) for b in (template.config, template.task, template.hydra))
+        changed = [
+            mine for mine, theirs in zip(planned.parsed, template.parsed, strict=True)
+            if mine.input_line != theirs.input_line
+        ]
+        for cfg in (config, task):
+            for override in changed:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+        dirname = config.hydra.job.config.override_dirname
+        task_lines = [override.input_line for override in planned.parsed]
+        override_dirname = get_overrides_dirname(
+            overrides=planned.parsed,
+            exclude_keys=list(dirname.exclude_keys),
+            item_sep=dirname.item_sep,
+            kv_sep=dirname.kv_sep,
+        )
+        for node in (config.hydra, hydra.hydra):
+            with read_write(node), open_dict(node):
+                node.overrides.task = task_lines
+                node.job.override_dirname = override_dirname
+        _set_job(config, job_idx)
+        _set_job(hydra, job_idx)
+        OmegaConf.set_readonly(config.hydra, True)
+        return JobConfigs(config, task, hydra, template.hydra_yaml)
+
+    def _derivable(self, shape: tuple | None) -> bool:
+        return shape is not None and self.enabled and shape in self.templates and shape in self.checked
+
+    def _compose(self, overrides: Sequence[str], parsed: list[Override], shape: tuple | None) -> DictConfig:
         if shape is None or not self.enabled:
             return self.full(overrides)
         if shape not in self.templates:
             cfg = self.full(overrides)
             if not all(_is_leaf(cfg, key) for key in shape):  # e.g. a config group: not derivable
                 return cfg
-            # kept pickled: unpickling makes a fresh copy ~4x faster than copy.deepcopy (cloudpickle:
-            # plain pickle refuses the schema classes of plugins Hydra loaded outside sys.modules)
-            self.templates[shape] = (parsed, cloudpickle.dumps(cfg), _spec_values(cfg))
+            self.templates[shape] = _template(parsed, cfg)
             return cfg
-        derived = self._derive(shape, parsed)
-        if shape not in self.checked:
-            self.checked.add(shape)
-            composed = self.full(overrides)
-            if OmegaConf.to_container(derived) != OmegaConf.to_container(composed):
-                log.warning("vectorized launcher: a derived job config differs from Hydra's; composing all")
-                self.enabled = False
-                return composed
-        return derived
+        composed = self.full(overrides)
+        self.checked.add(shape)
+        planned = Planned(parsed, None)
+        derived = self.job_configs(planned, None)  # the shortcut, checked once against Hydra
+        same = OmegaConf.to_container(derived.config) == OmegaConf.to_container(composed)
+        if same and derived.hydra_yaml is not None:  # and the hydra.yaml template, with other values
+            _set_job(derived.hydra, 0)
+            with read_write(derived.hydra.hydra), open_dict(derived.hydra.hydra):
+                derived.hydra.hydra.runtime.output_dir = "/checked/output/dir"
+            same = derived.hydra_yaml.render(derived.hydra) == OmegaConf.to_yaml(derived.hydra)
+        if not same:
+            log.warning("vectorized launcher: a derived job config differs from Hydra's; composing all")
+            self.enabled = False
+        return composed
 
     def _shape(self, parsed: list[Override]) -> tuple | None:
         choices = self.master_config.hydra.runtime.choices
@@ -108,43 +224,36 @@ class Composer:
             keys.append(key)
         return tuple(keys)
 
-    def _derive(self, shape: tuple, parsed: list[Override]) -> DictConfig:
-        template_overrides, template, _ = self.templates[shape]
-        cfg = pickle.loads(template)
-        for mine, theirs in zip(parsed, template_overrides, strict=True):
-            if mine.input_line != theirs.input_line:
-                OmegaConf.update(cfg, mine.key_or_group, mine.value(), merge=True)
-        dirname = cfg.hydra.job.config.override_dirname
-        with read_write(cfg.hydra):
-            cfg.hydra.overrides.task = [override.input_line for override in parsed]
-            cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=parsed,
-                exclude_keys=list(dirname.exclude_keys),
-                item_sep=dirname.item_sep,
-                kv_sep=dirname.kv_sep,
-            )
-        return cfg
+
+def _set_job(config: DictConfig, job_idx: int | None) -> None:
+    """What a launcher sets on each job's config (Hydra's basic launcher does the same)."""
+    if job_idx is None:
+        return
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.job.id = f"{config.hydra.job.name}_{job_idx}"
+        config.hydra.job.num = job_idx
 
 
-def _spec_values(cfg: DictConfig) -> dict | None:
-    """What ``to_run_spec`` reads of a config (None if it is not an xorexp run config)."""
-    if not all(key in cfg for key in RESULT_KEYS):
-        return None
-    return {key: OmegaConf.select(cfg, key) for key in SPEC_KEYS}
+def _template(parsed: list[Override], cfg: DictConfig) -> _Template:
+    values = None
+    if all(key in cfg for key in RESULT_KEYS):  # what ``to_run_spec`` reads of a config
+        values = {key: cfg[key] for key in RESULT_KEYS}
+    blank = copy.deepcopy(cfg)
+    task, hydra = split(blank)
+    return _Template(
+        parsed=parsed,
+        config=cloudpickle.dumps(cfg),
+        task=cloudpickle.dumps(task),
+        hydra=cloudpickle.dumps(hydra),
+        values=values,
+        hydra_yaml=HydraYaml.of(hydra),
+        lines=frozenset(override.input_line for override in parsed),
+        tracking={key.split(".")[1]: OmegaConf.select(cfg, key) for key in TRACKING_KEYS},
+    )
 
 
-def _checked_spec(values: Mapping) -> RunSpec:
-    nested = OmegaConf.create({"tracking": {}})
-    for key, value in values.items():
-        OmegaConf.update(nested, key, value, force_add=True)
-    return _spec_of(nested)
-
-
-def _spec_of(cfg: DictConfig) -> RunSpec | None:
-    """The job's RunSpec; bad values stop the whole launch in one line, before anything runs."""
-    if not all(key in cfg for key in RESULT_KEYS):
-        return None
+def _checked(check, source) -> RunSpec:
     try:
-        return to_run_spec(cfg)
+        return check(source)
     except ConfigError as error:
         fail(error)

@@ -3,8 +3,10 @@
 1. Every job's RunSpec is derived and checked before anything runs (a bad value stops the launch
    in one line).
 2. Runs are trained in engine batches ("chunks": same ``hidden_units`` and ``trace_every``).
-3. Each job then goes through Hydra's own ``run_job`` (job dir, ``.hydra`` files, callbacks, return
-   value) with its result precomputed, so the task function logs it instead of training.
+3. Each job then goes through Hydra's job machinery (job dir, ``.hydra`` files, callbacks, return
+   value: ``_hydra_job.run_job``, Hydra's ``run_job`` without its per-job copies) with its config
+   made once and its checked spec and result handed over (``xorexp.job.Handover``), so the task
+   function logs the result instead of checking and training again.
 
 Where that happens depends on the sweep and the backend:
 - few runs, or ``n_jobs=1``: all in this process;
@@ -45,11 +47,12 @@ from omegaconf import open_dict
 
 from xorexp import chunks, progress
 from xorexp.errors import fail
-from xorexp.job import handing_over
+from xorexp.job import Handover, handing_over
 from xorexp.params import run_name
 from xorexp.train import RunSpec, plan_batches
 
-from ._compose import Composer
+from . import _hydra_job
+from ._compose import Composer, Planned
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,12 @@ BACKENDS = ("local", "ray")
 class Job:
     idx: int
     overrides: list[str]
-    spec: RunSpec | None  # None: not an xorexp run config (then the job runs as the basic launcher would)
+    planned: Planned
+
+    @property
+    def spec(self) -> RunSpec | None:
+        """None: not an xorexp run config (then the job runs as the basic launcher would)."""
+        return self.planned.spec
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -80,7 +88,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
 
     composer = Composer(launcher.hydra_context.config_loader, config)
     jobs = [
-        Job(initial_job_idx + i, list(overrides), composer.spec_of(overrides))
+        Job(initial_job_idx + i, list(overrides), composer.plan(overrides))
         for i, overrides in enumerate(job_overrides)
     ]
     trainable = [job for job in jobs if job.spec is not None]
@@ -88,20 +96,22 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     n_jobs = int(launcher.n_jobs)
     n_workers = (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
 
-    if backend == "ray":
-        returns = _launch_on_ray(launcher, trainable, composer, chunk_size)
-    elif n_workers > 1 and len(trainable) >= MIN_RUNS_FOR_WORKERS:
-        returns = _launch_on_processes(launcher, trainable, composer, chunk_size, n_workers)
-    else:
-        returns = {}
-        for members in plan_batches([job.spec for job in trainable], chunk_size):
-            batch = [trainable[i] for i in members]
-            returns.update(
-                _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, _train(batch))
-            )
-    for job in jobs:
-        if job.spec is None:
-            returns[job.idx] = _run_job(launcher.hydra_context, launcher.task_function, composer, job)
+    runner = JobRunner(launcher.hydra_context, launcher.task_function, composer)
+    try:
+        if backend == "ray":
+            returns = _launch_on_ray(launcher, trainable, runner, chunk_size)
+        elif n_workers > 1 and len(trainable) >= MIN_RUNS_FOR_WORKERS:
+            returns = _launch_on_processes(launcher, trainable, runner, chunk_size, n_workers)
+        else:
+            returns = {}
+            for members in plan_batches([job.spec for job in trainable], chunk_size):
+                batch = [trainable[i] for i in members]
+                returns.update(runner.run_all(batch, _train(batch)))
+        for job in jobs:
+            if job.spec is None:
+                returns[job.idx] = runner.run_hydra_job(job)
+    finally:
+        runner.close()
     return [returns[job.idx] for job in jobs]
 
 
@@ -121,35 +131,60 @@ def _failure(what: str, error: BaseException) -> tuple[None, chunks.WorkerError]
     return None, chunks.WorkerError(f"{what}: {type(error).__name__}: {error}", details)
 
 
-def _run_job(hydra_context, task_function, composer: Composer, job: Job) -> JobReturn:
-    """One job through Hydra's own job machinery, as the basic launcher runs it."""
-    log.debug(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
-    cfg = composer.compose(job.overrides)
-    with open_dict(cfg):
-        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{job.idx}"
-        cfg.hydra.job.num = job.idx
-    ret = run_job(  # sets HydraConfig itself
-        hydra_context=hydra_context,
-        task_function=task_function,
-        config=cfg,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
-    master = composer.master_config
-    configure_log(master.hydra.hydra_logging, master.hydra.verbose)
-    return ret
+class JobRunner:
+    """Runs the launcher's jobs in one process (the launching one, or a worker) through Hydra's job
+    machinery: xorexp jobs with ``_hydra_job.run_job`` and their handover, other jobs with Hydra's
+    own ``run_job``. Job logging is configured once for all the jobs it runs (``close`` puts the
+    launcher's logging back)."""
 
+    def __init__(self, hydra_context, task_function, composer: Composer) -> None:
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+        self.composer = composer
+        self.logs = _hydra_job.JobLogs()
 
-def _run_jobs(
-    hydra_context, task_function, composer: Composer, batch: list[Job], results
-) -> dict[int, JobReturn]:
-    """Run jobs whose results (or per-run worker errors) are known: results[i] = (result, plots)."""
-    out = {}
-    for job, precomputed in zip(batch, results, strict=True):
-        handover = precomputed if isinstance(precomputed, tuple) else (precomputed, None)
-        with handing_over(job.spec, handover):
-            out[job.idx] = _run_job(hydra_context, task_function, composer, job)
-    return out
+    def run_all(self, batch: list[Job], results: list) -> dict[int, JobReturn]:
+        """Run jobs whose results (or per-run errors) are known: ``results[i]`` is a RunResult,
+        ``(RunResult, plots)`` or ``(None, the error)``."""
+        out = {}
+        for job, precomputed in zip(batch, results, strict=True):
+            result, extra = precomputed if isinstance(precomputed, tuple) else (precomputed, None)
+            if isinstance(extra, Exception):
+                handover = Handover(job.spec, error=extra)
+            else:
+                handover = Handover(job.spec, result=result, pngs=extra)
+            out[job.idx] = self.run(job, handover)
+        return out
+
+    def run(self, job: Job, handover: Handover) -> JobReturn:
+        log.debug(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
+        configs = self.composer.job_configs(job.planned, job.idx)
+        with handing_over(handover):
+            return _hydra_job.run_job(self.hydra_context, self.task_function, configs, self.logs)
+
+    def run_hydra_job(self, job: Job) -> JobReturn:
+        """A job that is not an xorexp run, exactly as the basic launcher runs it."""
+        log.debug(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
+        cfg = job.planned.cfg if job.planned.cfg is not None else self.composer.full(job.overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{job.idx}"
+            cfg.hydra.job.num = job.idx
+        self.logs.reset()
+        ret = run_job(  # sets HydraConfig itself
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=cfg,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        self.close()
+        return ret
+
+    def close(self) -> None:
+        """The launcher's own logging again (Hydra's launchers do the same after each job)."""
+        master = self.composer.master_config
+        configure_log(master.hydra.hydra_logging, master.hydra.verbose)
+        self.logs.reset()
 
 
 # ---- backend "local": whole jobs in worker processes -------------------------------------------
@@ -169,30 +204,38 @@ def _init_worker(events, parent_pid: int) -> None:
     threading.Thread(target=watch_parent, name="xorexp-watch-parent", daemon=True).start()
 
 
+_worker_runner: tuple[bytes, JobRunner] | None = None  # a worker's context and its runner
+
+
 def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
     """Worker side: train the chunk, then run its jobs through Hydra's job machinery.
 
-    ``context`` is the cloudpickled (Hydra singletons, hydra context, task function, master config):
-    as in Hydra's joblib launcher, which ships the same through loky; plain pickle cannot carry the
-    resolvers OmegaConf registers as local functions. The returned JobReturns go back the same way
-    (cloudpickled list of (job index, JobReturn)).
+    ``context`` is the cloudpickled (Hydra singletons, hydra context, task function, composer with
+    its templates): as in Hydra's joblib launcher, which ships the same through loky; plain pickle
+    cannot carry the resolvers OmegaConf registers as local functions. A worker unpickles a context
+    once and keeps its runner (and so its logging) for the next chunks of the same launch. The
+    returned JobReturns go back the same way (cloudpickled list of (job index, JobReturn)).
     """
-    singleton_state, hydra_context, task_function, master_config = cloudpickle.loads(context)
-    setup_globals()
-    Singleton.set_state(singleton_state)
-    configure_log(master_config.hydra.hydra_logging, master_config.hydra.verbose)
-    composer = Composer(hydra_context.config_loader, master_config)
-    returns = _run_jobs(hydra_context, task_function, composer, batch, _train(batch))
+    global _worker_runner
+    if _worker_runner is None or _worker_runner[0] != context:
+        singleton_state, hydra_context, task_function, composer = cloudpickle.loads(context)
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        master = composer.master_config
+        configure_log(master.hydra.hydra_logging, master.hydra.verbose)
+        _worker_runner = (context, JobRunner(hydra_context, task_function, composer))
+    runner = _worker_runner[1]
+    returns = runner.run_all(batch, _train(batch))
     return cloudpickle.dumps(list(returns.items()))
 
 
 def _launch_on_processes(
-    launcher, jobs: list[Job], composer: Composer, chunk_size: int, n_workers: int
+    launcher, jobs: list[Job], runner: JobRunner, chunk_size: int, n_workers: int
 ) -> dict[int, JobReturn]:
     task_size = max(MIN_RUNS_FOR_WORKERS, math.ceil(len(jobs) / (n_workers * TASKS_PER_WORKER)))
     plan = plan_batches([job.spec for job in jobs], min(chunk_size, task_size))
     context = cloudpickle.dumps(
-        (Singleton.get_state(), launcher.hydra_context, launcher.task_function, launcher.config)
+        (Singleton.get_state(), launcher.hydra_context, launcher.task_function, runner.composer)
     )
     returns: dict[int, JobReturn] = {}
     spawn = get_context("spawn")
@@ -220,10 +263,7 @@ def _launch_on_processes(
                         error, BrokenProcessPool
                     ) else "its worker process failed"
                     why = _failure(what, error)
-                    failures = [why] * len(batch)
-                    returns.update(
-                        _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, failures)
-                    )
+                    returns.update(runner.run_all(batch, [why] * len(batch)))
     finally:
         with _signals_ignored():  # a second Ctrl-C must not cut the workers' stop short
             _stop(pool)
@@ -293,7 +333,7 @@ def _thread_env(**values: str) -> Iterator[None]:
 # ---- backend "ray": tasks compute, this process runs the jobs and logs ----------------------------
 
 
-def _launch_on_ray(launcher, jobs: list[Job], composer: Composer, chunk_size: int) -> dict[int, JobReturn]:
+def _launch_on_ray(launcher, jobs: list[Job], runner: JobRunner, chunk_size: int) -> dict[int, JobReturn]:
     from ._ray_backend import RayExecutor
 
     plan = plan_batches([job.spec for job in jobs], chunk_size)
@@ -309,9 +349,7 @@ def _launch_on_ray(launcher, jobs: list[Job], composer: Composer, chunk_size: in
                 results = [_failure("training the chunk failed", error)] * len(batch)
             else:
                 results = list(zip(results, _render_on_ray(executor, results), strict=True))
-            returns.update(
-                _run_jobs(launcher.hydra_context, launcher.task_function, composer, batch, results)
-            )
+            returns.update(runner.run_all(batch, results))
     finally:
         executor.shutdown()
     return returns
