@@ -50,6 +50,7 @@ WRAPPED = {
     "xorexp.tracking.reading:find_finished": "MLflow calls",
     "hydra._internal.utils:_run_hydra": "Hydra job work",
     "hydra.core.utils:run_job": "Hydra job work",
+    "hydra_plugins.xorexp_vectorized_launcher._hydra_job:run_job": "Hydra job work",
     "hydra_plugins.xorexp_vectorized_launcher._core:run_jobs_in_worker": "Hydra job work",
     "hydra_plugins.xorexp_vectorized_launcher._core:_launch_on_processes": "waiting for workers",
     "xorexp.sweep:Sweep.finish": "end of sweep",
