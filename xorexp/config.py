@@ -10,6 +10,7 @@ and reports one line that names the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -82,17 +83,24 @@ def check_tracking(cfg: DictConfig) -> None:
         )
 
 
-def sweep_overrides(cfg: DictConfig) -> list[Override]:
-    """The sweep's overrides: the sweeper's ``params`` from config, then the command line's."""
+def sweep_overrides(cfg: DictConfig) -> tuple[Override, ...]:
+    """The sweep's overrides: the sweeper's ``params`` from config, then the command line's (parsed
+    once per command: the sweep's checks and its job count all read them)."""
+    params = tuple((str(key), str(value)) for key, value in (cfg.hydra.sweeper.get("params") or {}).items())
+    return _parsed_sweep(params, tuple(cfg.hydra.overrides.task))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_sweep(params: tuple[tuple[str, str], ...], task: tuple[str, ...]) -> tuple[Override, ...]:
     parser = OverridesParser.create()
     parsed = []
-    for key, value in (cfg.hydra.sweeper.get("params") or {}).items():
+    for key, value in params:
         try:
             parsed += parser.parse_overrides([f"{key}={value}"])
         except HydraException as error:
             reason = " ".join(str(error).split())
             raise ConfigError(f"invalid sweep: hydra.sweeper.params.{key}={value!r}: {reason}") from error
-    return parsed + parser.parse_overrides(list(cfg.hydra.overrides.task))
+    return tuple(parsed + parser.parse_overrides(list(task)))
 
 
 MAX_JOBS = 100_000  # jobs of one sweep command: their configs and records must fit in memory

@@ -40,6 +40,15 @@ WRAPPED = {
     "xorexp.chunks:render_many": "plots",
     "mlflow.tracking.client:MlflowClient.*": "MLflow calls",
     "xorexp.tracking.store:open_store": "MLflow calls",
+    "xorexp.tracking:open_store": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:start_run": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:log_result": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:log_files": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:finish_run": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:log_failure": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:start_parent": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:log_to_run": "MLflow calls",  # before the tracking package (to time older revisions)
+    "xorexp.tracking:find_finished": "MLflow calls",  # before the tracking package (to time older revisions)
     "xorexp.tracking.writing:start_run": "MLflow calls",
     "xorexp.tracking.writing:log_result": "MLflow calls",
     "xorexp.tracking.writing:log_files": "MLflow calls",
