@@ -8,8 +8,10 @@ import math
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import read_artifact_json, run_cli, runs_of
+from xorexp.errors import ConfigError
 from xorexp.train import RunSpec, train
 
 pytestmark = pytest.mark.slow
@@ -129,3 +131,19 @@ def test_help_and_cfg_job(tmp_path):
     cfg = run_cli(tmp_path, "--cfg", "job", "lr=0.5")
     assert cfg.returncode == 0 and "lr: 0.5" in cfg.stdout and "hidden_units: 2" in cfg.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _sweep_cfg(*task: str):
+    return OmegaConf.create({"hydra": {"sweeper": {"params": None}, "overrides": {"task": list(task)}}})
+
+
+def test_a_sweep_is_counted_without_expanding_it_and_capped_before_it_starts():
+    from xorexp import config
+
+    assert config.count_jobs(_sweep_cfg("lr=0.1,1", "seed=range(0,5)", "iterations=10")) == 10
+    assert config.count_jobs(_sweep_cfg("lr=interval(0.1,1)")) is None  # continuous: no count
+    assert config.count_jobs(_sweep_cfg("seed=range(0,100000)")) == config.MAX_JOBS
+    config.check_sweep_size(_sweep_cfg("seed=range(0,100000)"))  # at the cap: allowed
+    refused = r"^invalid sweep: 200,000 jobs \(lr: 2 x seed: 100,000\); one command"
+    with pytest.raises(ConfigError, match=refused):
+        config.check_sweep_size(_sweep_cfg("lr=0.1,1", "seed=range(0,100000)"))

@@ -121,15 +121,17 @@ def sweep_size(override: Override) -> int | None:
     return len(list(override.sweep_iterator()))
 
 
+def grid_sizes(cfg: DictConfig) -> dict[str, int | None]:
+    """Per swept key, how many values the sweep gives it (None: a continuous range); the command
+    line's value of a key replaces the config's."""
+    return {override.get_key_element(): sweep_size(override) for override in sweep_overrides(cfg)}
+
+
 def check_sweep_size(cfg: DictConfig) -> None:
     """A grid sweep larger than ``MAX_JOBS`` is refused before anything is expanded or created."""
     if cfg.hydra.sweeper.get("n_trials") is not None:
         return
-    sizes: dict[str, int] = {}
-    for override in sweep_overrides(cfg):
-        size = sweep_size(override)
-        if size is not None:
-            sizes[override.get_key_element()] = size
+    sizes = {key: size for key, size in grid_sizes(cfg).items() if size is not None}
     total = math.prod(sizes.values())
     if total > MAX_JOBS:
         grid = " x ".join(f"{key}: {size:,}" for key, size in sizes.items() if size > 1)
@@ -162,13 +164,8 @@ def count_jobs(cfg: DictConfig) -> int | None:
     n_trials = cfg.hydra.sweeper.get("n_trials")
     if n_trials is not None:
         return int(n_trials)
-    sizes: dict[str, int] = {}
-    for override in sweep_overrides(cfg):
-        size = sweep_size(override)
-        if size is None:
-            return None
-        sizes[override.get_key_element()] = size  # the command line's value replaces the config's
-    return math.prod(sizes.values())
+    sizes = grid_sizes(cfg).values()
+    return None if None in sizes else math.prod(sizes)
 
 
 def check_sweep(cfg: DictConfig) -> None:

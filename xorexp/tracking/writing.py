@@ -9,6 +9,7 @@ this module is.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -259,7 +260,6 @@ def log_files(
 UPLOAD_THREADS = 8  # a server's run: requests of one process in flight at once, at most
 _ARTIFACT_URIS_KEPT = 1024
 _artifact_uris: OrderedDict[str, str] = OrderedDict()  # run id -> artifact URI, of runs started here
-_pool: list[ThreadPoolExecutor] = []
 
 
 def _remember_artifact_uri(run_id: str, artifact_uri: str) -> None:
@@ -269,11 +269,10 @@ def _remember_artifact_uri(run_id: str, artifact_uri: str) -> None:
         _artifact_uris.popitem(last=False)
 
 
+@functools.cache
 def _request_pool() -> ThreadPoolExecutor:
     """This process's threads for a server's requests (made on first use, bounded)."""
-    if not _pool:
-        _pool.append(ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="xorexp-request"))
-    return _pool[0]
+    return ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="xorexp-request")
 
 
 def _upload(store: Store, run_id: str, root: Path) -> None:
