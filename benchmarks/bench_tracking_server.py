@@ -36,7 +36,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tracking import log_all, log_in_processes  # noqa: E402
 
 from tests.mlflow_server import Proxy, start_server, stop_server  # noqa: E402
-from xorexp import chunks, tracking  # noqa: E402
+from xorexp import chunks  # noqa: E402
+from xorexp.params import run_name  # noqa: E402
+from xorexp.tracking.store import open_store  # noqa: E402
 from xorexp.train import RunSpec, train  # noqa: E402
 
 
@@ -83,7 +85,7 @@ def latency_table(upstream: str, root: Path, latencies_ms: list[float], args) ->
 def logging_table(upstream: str, root: Path, latencies_ms: list[float], n_runs: int) -> None:
     specs = [RunSpec(lr=0.5 + i % 3, seed=i, iterations=2000) for i in range(n_runs)]
     results = train(specs)
-    pngs = [chunks.render_run_plots(r, tracking.run_name(r.spec)) for r in results]
+    pngs = [chunks.render_run_plots(r, run_name(r.spec)) for r in results]
     hydra_dir = root / "hydra-files"
     hydra_dir.mkdir()
     for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
@@ -93,7 +95,7 @@ def logging_table(upstream: str, root: Path, latencies_ms: list[float], n_runs: 
     for ms in latencies_ms:
         proxy = Proxy(upstream, latency=ms / 1000)
         try:
-            store = tracking.open_store(proxy.uri, f"logging-{ms:g}")
+            store = open_store(proxy.uri, f"logging-{ms:g}")
             log_all(store, results[:2], pngs[:2], hydra_dir)  # warm-up: connections, caches
             before = proxy.total()
             one = log_all(store, results, pngs, hydra_dir)
