@@ -19,6 +19,7 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
@@ -29,6 +30,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from xorexp import chunks
+from xorexp.background import Background
 from xorexp.params import run_name
 from xorexp.tracking import writing
 from xorexp.tracking.store import open_store
@@ -37,13 +39,18 @@ from xorexp.train import RunSpec, train
 LRS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 
 
-def log_all(store, results, pngs, hydra_dir: Path) -> list[float]:
+def log_all(store, results, pngs, hydra_dir: Path, overlap: bool = False) -> list[float]:
+    """Seconds per run. ``overlap``: as a sweep's job does to a server, each run's rest (values,
+    uploads, status) goes to an ``xorexp.background.Background`` and the next run starts; the last
+    run's time includes waiting for all of them."""
     times = []
     config = "hidden_units: 2\nlr: 0.1\n"
-    for result, plots in zip(results, pngs, strict=True):
+    background = Background() if overlap else None
+    for i, (result, plots) in enumerate(zip(results, pngs, strict=True)):
         start = time.perf_counter()
         run_id = writing.start_run(store, result.spec, tags={"xorexp.overrides": "x"}, with_params=False)
-        writing.log_result(
+        rest = functools.partial(
+            writing.log_result,
             store,
             run_id,
             result,
@@ -53,7 +60,16 @@ def log_all(store, results, pngs, hydra_dir: Path) -> list[float]:
             params_logged=False,
             model=False,  # as in a sweep: only single runs and a sweep's best run carry the MLflow model
         )
+        if background is None:
+            rest()
+        else:
+            background.submit(i, rest)
         times.append(time.perf_counter() - start)
+    if background is not None:
+        start = time.perf_counter()
+        background.settle()
+        background.close()
+        times[-1] += time.perf_counter() - start
     return times
 
 
@@ -89,18 +105,20 @@ def store_calls_per_run(store, results, pngs, hydra_dir: Path) -> dict[str, floa
 
 
 def _log_share(args) -> None:
-    uri, results, pngs, hydra_dir = args
+    uri, results, pngs, hydra_dir, overlap = args
     store = open_store(uri, "bench")
-    log_all(store, results, pngs, Path(hydra_dir))
+    log_all(store, results, pngs, Path(hydra_dir), overlap)
 
 
 def _warm(_: int) -> int:
     return os.getpid()
 
 
-def log_in_processes(uri: str, results, pngs, hydra_dir: Path, processes: int) -> float:
+def log_in_processes(uri: str, results, pngs, hydra_dir: Path, processes: int, overlap: bool = False) -> float:
     """Wall seconds per run with the runs split over ``processes`` concurrent writers."""
-    shares = [(uri, results[i::processes], pngs[i::processes], str(hydra_dir)) for i in range(processes)]
+    shares = [
+        (uri, results[i::processes], pngs[i::processes], str(hydra_dir), overlap) for i in range(processes)
+    ]
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
         list(pool.map(_warm, range(processes)))  # workers started and imported before timing
         start = time.perf_counter()

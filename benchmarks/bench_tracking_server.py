@@ -90,20 +90,27 @@ def logging_table(upstream: str, root: Path, latencies_ms: list[float], n_runs: 
     hydra_dir.mkdir()
     for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
         (hydra_dir / name).write_text("x: 1\n" * 40)
-    print(f"\nlogging {n_runs} finished runs through the proxy (no Hydra, no process start):")
-    print(f"{'latency':>9} {'1 process ms/run':>17} {'2 processes ms/run':>19} {'requests per run':>17}")
+    print(f"\nlogging {n_runs} finished runs through the proxy (no Hydra, no process start), wall ms per"
+          " run; sequential: each run's requests before the next run's, overlapped: each run's rest in"
+          " xorexp.background as a sweep's jobs do:")
+    print(f"{'latency':>9} {'sequential':>11} {'sequential':>11} {'overlapped':>11} {'overlapped':>11}"
+          f" {'requests':>9}")
+    print(f"{'':>9} {'1 process':>11} {'2 procs':>11} {'1 process':>11} {'2 procs':>11} {'per run':>9}")
     for ms in latencies_ms:
         proxy = Proxy(upstream, latency=ms / 1000)
         try:
             store = open_store(proxy.uri, f"logging-{ms:g}")
             log_all(store, results[:2], pngs[:2], hydra_dir)  # warm-up: connections, caches
             before = proxy.total()
-            one = log_all(store, results, pngs, hydra_dir)
+            one = sum(log_all(store, results, pngs, hydra_dir)) / n_runs
             requests = (proxy.total() - before) / n_runs
             two = log_in_processes(proxy.uri, results, pngs, hydra_dir, 2)
+            one_overlapped = sum(log_all(store, results, pngs, hydra_dir, overlap=True)) / n_runs
+            two_overlapped = log_in_processes(proxy.uri, results, pngs, hydra_dir, 2, overlap=True)
         finally:
             proxy.close()
-        print(f"{ms:>6g} ms {1000 * statistics.mean(one):17.1f} {1000 * two:19.1f} {requests:17.1f}")
+        print(f"{ms:>6g} ms {1000 * one:11.1f} {1000 * two:11.1f} {1000 * one_overlapped:11.1f}"
+              f" {1000 * two_overlapped:11.1f} {requests:9.1f}")
 
 
 def main() -> None:

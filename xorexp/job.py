@@ -15,12 +15,14 @@ import functools
 import json
 import logging
 import math
+import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -34,8 +36,11 @@ from xorexp.progress import IterationProgress
 from xorexp.tracking import reading, writing
 from xorexp.tracking.store import Store, open_store
 from xorexp.tracking.tags import TAG_OUTCOME, TAG_OVERRIDES, TAG_TRIAL
-from xorexp.tracking.uri import StoreError, describe_store_error, redact, resolve_uri
+from xorexp.tracking.uri import StoreError, describe_store_error, redact, resolve_uri, store_kind
 from xorexp.train import RunResult, RunSpec, train
+
+if TYPE_CHECKING:
+    from xorexp.background import Background
 
 log = logging.getLogger(__name__)
 JOB_RECORD = "xorexp_job.json"  # in each job's output dir: what the job did, for the sweep's summary
@@ -49,13 +54,15 @@ class Handover:
     ``result`` and ``pngs`` (the rendered plots; None: render them in the job) when the launcher
     trained the run; ``error`` when the launcher's work on the run failed (the job ends FAILED with
     it). A handover with only a spec makes the job train the run itself, without checking the spec
-    again.
+    again. ``background``: where a job of a sweep whose store is a server may leave its run's
+    remaining requests (see ``run_tracked``); the launcher settles them before it reports its jobs.
     """
 
     spec: RunSpec
     result: RunResult | None = None
     pngs: dict[str, bytes] | None = None
     error: Exception | None = None
+    background: Background | None = None
 
 
 _handover: ContextVar[Handover | None] = ContextVar("xorexp_handover", default=None)
@@ -97,6 +104,26 @@ def job_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
+def track_args(
+    result: RunResult, cfg: DictConfig, pngs: dict[str, bytes] | None = None, params_logged: bool = True
+) -> dict:
+    """``writing.log_result``'s arguments for one result of the current job: its config, Hydra files
+    and plots (rendered now unless given)."""
+    hc = HydraConfig.get()
+    if pngs is None:
+        pngs = render_run_plots(result, run_name(result.spec))
+    dirs = {}
+    if hc.output_subdir:
+        dirs[".hydra"] = Path(hc.runtime.output_dir) / hc.output_subdir
+    return {
+        "blobs": pngs,
+        "files": {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)},
+        "dirs": dirs,
+        "params_logged": params_logged,
+        "model": hc.mode != RunMode.MULTIRUN,  # a sweep's best run gets its model at the sweep's end
+    }
+
+
 def track(
     store: Store,
     run_id: str,
@@ -106,22 +133,54 @@ def track(
     params_logged: bool = True,
 ) -> None:
     """Log one result with its job's config, Hydra files and plots into the started run."""
-    hc = HydraConfig.get()
-    if pngs is None:
-        pngs = render_run_plots(result, run_name(result.spec))
-    dirs = {}
-    if hc.output_subdir:
-        dirs[".hydra"] = Path(hc.runtime.output_dir) / hc.output_subdir
-    writing.log_result(
-        store,
-        run_id,
-        result,
-        blobs=pngs,
-        files={"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)},
-        dirs=dirs,
-        params_logged=params_logged,
-        model=hc.mode != RunMode.MULTIRUN,  # a sweep's best run gets its model at the sweep's end
-    )
+    writing.log_result(store, run_id, result, **track_args(result, cfg, pngs, params_logged))
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What ending a job needs of its Hydra context, taken while it is the current job: a run left to
+    the background ends while later jobs run. With ``log_files``, the job's log lines are appended to
+    its log files by path (the process's handlers point at the current job's files by then)."""
+
+    label: str  # the job in the user's one line
+    log_file: Path  # the job's log file, named in that line
+    multirun: bool
+    log_files: tuple[tuple[str, logging.Formatter, int], ...] | None = None
+
+    @classmethod
+    def current(cls, detached: bool = False) -> JobContext:
+        hc = HydraConfig.get()
+        files = None
+        if detached:  # the files this module's records go to now: (path, format, level) of each
+            files, logger = [], log
+            while logger is not None:
+                files += [
+                    (h.baseFilename, h.formatter or logging.Formatter(), h.level)
+                    for h in logger.handlers
+                    if isinstance(h, logging.FileHandler)
+                ]
+                logger = logger.parent if logger.propagate else None
+            files = tuple(files)
+        return cls(
+            label=_job_label(hc),
+            log_file=Path(hc.runtime.output_dir) / f"{hc.job.name}.log",
+            multirun=hc.mode == RunMode.MULTIRUN,
+            log_files=files,
+        )
+
+    def info(self, message: str, *args: object, exc_info: bool = False) -> None:
+        if self.log_files is None:
+            log.info(message, *args, exc_info=exc_info)
+            return
+        if not log.isEnabledFor(logging.INFO):
+            return
+        record = log.makeRecord(
+            log.name, logging.INFO, __file__, 0, message, args, sys.exc_info() if exc_info else None
+        )
+        for path, formatter, level in self.log_files:
+            if logging.INFO >= level:
+                with open(path, "a", encoding="utf-8") as out:
+                    out.write(formatter.format(record) + "\n")
 
 
 class JobRecord:
@@ -179,9 +238,16 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
     and reported in one line. In a multirun it returns NaN so the other jobs go on (the sweep's end
     counts it and exits 1); a single run exits 1. A failing store stops the command (``Abort``);
     an interrupt marks the run KILLED and goes on up.
+
+    A job of a sweep to a tracking server whose result the launcher computed, given a
+    ``handover.background``, creates its run and leaves the rest of it (values and uploads, then the
+    status; its record, log lines and progress) to that background: it returns the final loss at
+    once, and the launcher settles the job's value (NaN if its run failed) when the run's requests
+    are over. Its failures end as above, in the background thread.
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    job = JobContext.current()
     store = job_store(cfg)
     parent = parent_run.read(hc.sweep.dir) if multirun else None
     record = JobRecord(hc.runtime.output_dir, parent)
@@ -213,6 +279,13 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
                     store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
                 )
                 record.write(run_id=run_id, status="RUNNING")
+            if handover.background is not None and multirun and store_kind(store.uri) == "server":
+                args = track_args(result, cfg, handover.pngs, params_logged=False)
+                rest = functools.partial(
+                    _rest_of_run, store, run_id, result, args, record, JobContext.current(detached=True)
+                )
+                handover.background.submit(hc.job.num, rest)
+                return result.final_loss  # for now: the launcher settles it with the run's end
             track(store, run_id, result, cfg, handover.pngs, params_logged=False)
     except KeyboardInterrupt as interrupt:
         if run_id is not None:
@@ -223,7 +296,24 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
     except Abort:
         raise
     except Exception as error:
-        return _failed(cfg, store, spec, record, run_id, parent_id, error)
+        return _failed(cfg, store, spec, record, run_id, parent_id, error, job)
+    _finished(record, run_id, result, job)
+    if not multirun:
+        name = run_name(spec)
+        print(f"{name}: {result.outcome}, final loss {result.final_loss:.6g} (run {run_id})")
+    return result.final_loss
+
+
+def _rest_of_run(store, run_id, result: RunResult, args: dict, record: JobRecord, job: JobContext) -> float:
+    """In the background: the run's values, uploads and status, then the job's end (its value)."""
+    try:
+        writing.log_result(store, run_id, result, **args)
+    except Exception as error:
+        return _failed(None, store, result.spec, record, run_id, None, error, job)
+    return _finished(record, run_id, result, job)
+
+
+def _finished(record: JobRecord, run_id: str, result: RunResult, job: JobContext) -> float:
     record.write(
         run_id=run_id,
         reused=False,
@@ -233,35 +323,30 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
         trace_every=result.spec.trace_every,
         loss_trace=result.loss_trace.tolist(),  # for the sweep's loss-curve plot, without store queries
     )
-    log.info(
-        "%s: %s, final_loss %.6g, run %s", run_name(spec), result.outcome, result.final_loss, run_id
-    )
+    name = run_name(result.spec)
+    job.info("%s: %s, final_loss %.6g, run %s", name, result.outcome, result.final_loss, run_id)
     progress.job_ended(result.outcome, failed=False)
-    if not multirun:
-        name = run_name(spec)
-        print(f"{name}: {result.outcome}, final loss {result.final_loss:.6g} (run {run_id})")
     return result.final_loss
 
 
-def _failed(cfg, store, spec, record: JobRecord, run_id, parent_id, error: Exception) -> float:
-    """The job raised: its run ends FAILED with the traceback; one line says so."""
-    hc = HydraConfig.get()
+def _failed(cfg, store, spec, record: JobRecord, run_id, parent_id, error: Exception, job: JobContext) -> float:
+    """The job raised: its run ends FAILED with the traceback; one line says so. (``cfg`` is only
+    read when the job has no run yet, in the job's own thread.)"""
     text = traceback.format_exc() + getattr(error, "details", "")
-    log.info("job failed:\n%s", text)  # to the job's log file only (the terminal shows warnings)
+    job.info("job failed:\n%s", text)  # to the job's log file only (the terminal shows warnings)
     abort = _store_abort(store, error)
     try:
         if run_id is None:
             run_id = writing.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
         writing.log_failure(store, run_id, spec, text)
     except Exception as second:  # the store refuses the failure too
-        log.info("could not record the failure", exc_info=True)
+        job.info("could not record the failure", exc_info=True)
         abort = abort or _store_abort(store, second) or Abort(f"could not record a failed run: {second}")
     record.write(run_id=run_id, reused=False, status="FAILED")
     if abort is not None:
         raise abort
-    where = Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
-    line = f"{_job_label(hc)} failed: {type(error).__name__}: {error} (run {run_id}; full log: {where})"
-    if hc.mode == RunMode.MULTIRUN:
+    line = f"{job.label} failed: {type(error).__name__}: {error} (run {run_id}; full log: {job.log_file})"
+    if job.multirun:
         progress.job_ended(None, failed=True, message=line)
         return math.nan
     raise Abort(line)

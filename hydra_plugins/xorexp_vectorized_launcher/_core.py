@@ -6,7 +6,9 @@
 3. Each job then goes through Hydra's job machinery (job dir, ``.hydra`` files, callbacks, return
    value: ``_hydra_job.run_job``, Hydra's ``run_job`` without its per-job copies) with its config
    made once and its checked spec and result handed over (``xorexp.job.Handover``), so the task
-   function logs the result instead of checking and training again.
+   function logs the result instead of checking and training again. To a tracking server, a job
+   leaves its run's remaining requests to the runner's ``Background`` and the next job starts: the
+   runs of a batch are in flight together (bounded), and settled before the batch's JobReturns go.
 
 Where that happens depends on the sweep and the backend:
 - few runs, or ``n_jobs=1``: all in this process;
@@ -46,6 +48,7 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from omegaconf import open_dict
 
 from xorexp import chunks, progress
+from xorexp.background import Background
 from xorexp.errors import fail
 from xorexp.job import Handover, handing_over
 from xorexp.params import run_name
@@ -112,6 +115,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                 returns[job.idx] = runner.run_hydra_job(job)
     finally:
         runner.close()
+        runner.shutdown()
     return [returns[job.idx] for job in jobs]
 
 
@@ -142,18 +146,29 @@ class JobRunner:
         self.task_function = task_function
         self.composer = composer
         self.logs = _hydra_job.JobLogs()
+        self.background = Background()
 
     def run_all(self, batch: list[Job], results: list) -> dict[int, JobReturn]:
         """Run jobs whose results (or per-run errors) are known: ``results[i]`` is a RunResult,
-        ``(RunResult, plots)`` or ``(None, the error)``."""
+        ``(RunResult, plots)`` or ``(None, the error)``. Returns once every job's run has ended
+        (those left to the background too: a job whose run failed there returns NaN, as one that
+        failed in its own thread); what stops the batch (an interrupt, a failing store) stops the
+        runs in flight first (``Background.stop``), then goes on up."""
         out = {}
-        for job, precomputed in zip(batch, results, strict=True):
-            result, extra = precomputed if isinstance(precomputed, tuple) else (precomputed, None)
-            if isinstance(extra, Exception):
-                handover = Handover(job.spec, error=extra)
-            else:
-                handover = Handover(job.spec, result=result, pngs=extra)
-            out[job.idx] = self.run(job, handover)
+        try:
+            for job, precomputed in zip(batch, results, strict=True):
+                result, extra = precomputed if isinstance(precomputed, tuple) else (precomputed, None)
+                if isinstance(extra, Exception):
+                    handover = Handover(job.spec, error=extra)
+                else:
+                    handover = Handover(job.spec, result=result, pngs=extra, background=self.background)
+                out[job.idx] = self.run(job, handover)
+            for idx, value in self.background.settle().items():
+                out[idx].return_value = value
+        except BaseException:
+            with _signals_ignored():  # a second Ctrl-C must not cut the stop short
+                self.background.stop()
+            raise
         return out
 
     def run(self, job: Job, handover: Handover) -> JobReturn:
@@ -192,6 +207,10 @@ class JobRunner:
         master = self.composer.master_config
         configure_log(master.hydra.hydra_logging, master.hydra.verbose)
         self.logs.reset()
+
+    def shutdown(self) -> None:
+        """No more jobs: the background's threads go."""
+        self.background.close()
 
 
 # ---- backend "local": whole jobs in worker processes -------------------------------------------

@@ -62,6 +62,9 @@ def check_store(uri: str, *, create: bool = True, experiment: str = "Default") -
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # a sweep's job has several runs' requests in flight at once (xorexp.background): beyond
+        # MLflow's 10 pooled connections, urllib3 would warn of each connection it drops
+        os.environ.setdefault("MLFLOW_HTTP_POOL_MAXSIZE", "32")
     if kind in ("database", "sqlite"):
         # MLflow logs each failed database call with its traceback on stderr, then raises it: xorexp
         # reports what it raises in one line (describe_store_error), the log would bury that line
