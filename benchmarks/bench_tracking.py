@@ -40,17 +40,15 @@ LRS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 
 
 def log_all(store, results, pngs, hydra_dir: Path, overlap: bool = False) -> list[float]:
-    """Seconds per run. ``overlap``: as a sweep's job does to a server, each run's rest (values,
+    """Seconds per run. ``overlap``: as a sweep's job does to a server, each run (create, values,
     uploads, status) goes to an ``xorexp.background.Background`` and the next run starts; the last
     run's time includes waiting for all of them."""
     times = []
     config = "hidden_units: 2\nlr: 0.1\n"
-    background = Background() if overlap else None
-    for i, (result, plots) in enumerate(zip(results, pngs, strict=True)):
-        start = time.perf_counter()
+
+    def log_run(result, plots) -> None:
         run_id = writing.start_run(store, result.spec, tags={"xorexp.overrides": "x"}, with_params=False)
-        rest = functools.partial(
-            writing.log_result,
+        writing.log_result(
             store,
             run_id,
             result,
@@ -60,10 +58,14 @@ def log_all(store, results, pngs, hydra_dir: Path, overlap: bool = False) -> lis
             params_logged=False,
             model=False,  # as in a sweep: only single runs and a sweep's best run carry the MLflow model
         )
+
+    background = Background() if overlap else None
+    for i, (result, plots) in enumerate(zip(results, pngs, strict=True)):
+        start = time.perf_counter()
         if background is None:
-            rest()
+            log_run(result, plots)
         else:
-            background.submit(i, rest)
+            background.submit(i, functools.partial(log_run, result, plots))
         times.append(time.perf_counter() - start)
     if background is not None:
         start = time.perf_counter()
@@ -114,7 +116,9 @@ def _warm(_: int) -> int:
     return os.getpid()
 
 
-def log_in_processes(uri: str, results, pngs, hydra_dir: Path, processes: int, overlap: bool = False) -> float:
+def log_in_processes(
+    uri: str, results, pngs, hydra_dir: Path, processes: int, overlap: bool = False
+) -> float:
     """Wall seconds per run with the runs split over ``processes`` concurrent writers."""
     shares = [
         (uri, results[i::processes], pngs[i::processes], str(hydra_dir), overlap) for i in range(processes)

@@ -6,7 +6,7 @@
 Starts ``mlflow server`` on 127.0.0.1 (sqlite backend, artifacts served by the server) in a temp dir,
 1. runs ``python -m xorexp -m seed=range(0,N) iterations=I`` against it and into a fresh local sqlite
    store, alternating, and prints each wall time and the ratio (``--repeats 0`` skips this part);
-2. a far-away server: the same server behind a loopback proxy (``tests.test_tracking_server.Proxy``,
+2. a far-away server: the same server behind a loopback proxy (``tests.mlflow_server.Proxy``,
    127.0.0.1 only) that delays every request by 0, 20 and 100 ms; a sweep of ``--latency-runs`` runs
    (2 lr x seeds, 2 workers) goes through it at each latency. Prints a table: latency -> wall time,
    seconds per run, what each ms of latency adds per run, and the requests the proxy saw per run (all
@@ -14,7 +14,9 @@ Starts ``mlflow server`` on 127.0.0.1 (sqlite backend, artifacts served by the s
 3. the same latencies for the logging alone (no Hydra, no process start): ``--logging-runs`` finished
    runs logged as a sweep's job logs them (``bench_tracking.log_all``: start_run + log_result with
    plots, config and .hydra files) through the proxy, by 1 process and by 2 processes at once: wall
-   ms per run. Less disturbed by a loaded machine than whole sweeps.
+   ms per run, sequential (each run's requests before the next run's: how jobs logged before) and
+   overlapped (each run in ``xorexp.background``, as a sweep's jobs to a server do now), side by
+   side. Less disturbed by a loaded machine than whole sweeps.
 The server and the proxy are stopped at the end. Asserts nothing.
 """
 

@@ -1,13 +1,14 @@
-"""Runs' remaining requests to a tracking server, in flight while a launcher's next jobs run.
+"""Runs' requests to a tracking server, in flight while a launcher's next jobs run.
 
 To a server far away, each request is a round trip; a job that waits for its run's requests before
 the next job starts pays them one after the other. A job of the vectorized launcher may instead hand
-the rest of its run (values, uploads, status: see ``xorexp.job``) to the launcher's ``Background``
-and go on: at most ``RUNS_IN_FLIGHT`` such runs are in flight per process (``submit`` waits for a
-free slot), their requests overlap, and the launcher ``settle``s them before it reports its jobs
-done: each job's final value, or the first ``BaseException`` one of them raised (e.g. an
-``errors.Abort``: the store failed). ``stop`` is for a launcher that stops early (an interrupt, a
-failing store): runs not started are dropped, those in flight get ``STOP_WAIT_S`` to end.
+its run's requests (create; values and uploads; status: see ``xorexp.job.run_tracked``) to the
+launcher's ``Background`` and go on: at most ``RUNS_IN_FLIGHT`` runs are in flight per process
+(``submit`` waits for a free slot), their requests overlap, and the launcher ``settle``s them before
+it reports its jobs done: each job's final value, or the first ``BaseException`` one of them raised
+(e.g. an ``errors.Abort``: the store failed). ``stop`` is for a launcher that stops early (an
+interrupt, a failing store): runs not started are dropped, those in flight get ``STOP_WAIT_S`` to
+end (one created meanwhile ends with the stop's status).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Background:
         self.slots = threading.BoundedSemaphore(runs)
         self.futures: dict[Hashable, Future] = {}
         self.failures: list[BaseException] = []  # what the work of jobs raised, first first
+        self.stop_status: str | None = None  # set by ``stop``: how work that sees it ends its run
 
     def submit(self, key: Hashable, work: Callable[[], object]) -> None:
         """Run ``work`` for the job ``key`` once a slot is free. Raises at once what an earlier
@@ -56,8 +58,11 @@ class Background:
             raise failed[0]
         return {key: future.result() for key, future in futures.items()}
 
-    def stop(self) -> None:
-        """The launcher stops early: drop the work not started, give the rest ``STOP_WAIT_S``."""
+    def stop(self, status: str) -> None:
+        """The launcher stops early: drop the work not started, give the rest ``STOP_WAIT_S``; work
+        that checks ``stop_status`` from now on ends its run with ``status`` (KILLED, FAILED). A
+        stopped Background stays stopped."""
+        self.stop_status = status
         futures, self.futures = list(self.futures.values()), {}
         for future in futures:
             future.cancel()

@@ -240,10 +240,11 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
     an interrupt marks the run KILLED and goes on up.
 
     A job of a sweep to a tracking server whose result the launcher computed, given a
-    ``handover.background``, creates its run and leaves the rest of it (values and uploads, then the
-    status; its record, log lines and progress) to that background: it returns the final loss at
-    once, and the launcher settles the job's value (NaN if its run failed) when the run's requests
-    are over. Its failures end as above, in the background thread.
+    ``handover.background``, renders its plots and leaves its run's requests (create; values and
+    uploads; the status) and its ending (record, log lines, progress) to that background: it
+    returns the final loss at once, and the launcher settles the job's value (NaN if its run
+    failed) when the run's requests are over. Its failures end as above, in the background thread;
+    a run created after the launcher began to stop ends KILLED (FAILED for a failing store) there.
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -274,18 +275,26 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
             track(store, run_id, result, cfg)
         else:  # trained by the launcher
             result = handover.result
+            background = handover.background
+            if run_id is None and background is not None and multirun and store_kind(store.uri) == "server":
+                run = functools.partial(
+                    _run_in_background,
+                    background,
+                    store,
+                    result,
+                    job_tags(cfg),
+                    parent_id,
+                    track_args(result, cfg, handover.pngs, params_logged=False),  # plots rendered here
+                    record,
+                    JobContext.current(detached=True),
+                )
+                background.submit(hc.job.num, run)
+                return result.final_loss  # for now: the launcher settles it with the run's end
             if run_id is None:
                 run_id = writing.start_run(
                     store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
                 )
                 record.write(run_id=run_id, status="RUNNING")
-            if handover.background is not None and multirun and store_kind(store.uri) == "server":
-                args = track_args(result, cfg, handover.pngs, params_logged=False)
-                rest = functools.partial(
-                    _rest_of_run, store, run_id, result, args, record, JobContext.current(detached=True)
-                )
-                handover.background.submit(hc.job.num, rest)
-                return result.final_loss  # for now: the launcher settles it with the run's end
             track(store, run_id, result, cfg, handover.pngs, params_logged=False)
     except KeyboardInterrupt as interrupt:
         if run_id is not None:
@@ -296,7 +305,7 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
     except Abort:
         raise
     except Exception as error:
-        return _failed(cfg, store, spec, record, run_id, parent_id, error, job)
+        return _failed(store, spec, record, run_id, parent_id, error, job, job_tags(cfg))
     _finished(record, run_id, result, job)
     if not multirun:
         name = run_name(spec)
@@ -304,12 +313,28 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
     return result.final_loss
 
 
-def _rest_of_run(store, run_id, result: RunResult, args: dict, record: JobRecord, job: JobContext) -> float:
-    """In the background: the run's values, uploads and status, then the job's end (its value)."""
+def _run_in_background(
+    background: Background,
+    store: Store,
+    result: RunResult,
+    tags: dict[str, str],
+    parent_id: str | None,
+    args: dict,
+    record: JobRecord,
+    job: JobContext,
+) -> float:
+    """A launcher-trained job's run from its creation to its end, in the background; the job's value."""
+    run_id = None
     try:
+        run_id = writing.start_run(store, result.spec, tags=tags, parent_run_id=parent_id, with_params=False)
+        record.write(run_id=run_id, status="RUNNING")
+        if background.stop_status is not None:  # the launcher is stopping: no more of this run
+            _end_quietly(store, run_id, background.stop_status)
+            record.write(run_id=run_id, status=background.stop_status)
+            return math.nan
         writing.log_result(store, run_id, result, **args)
     except Exception as error:
-        return _failed(None, store, result.spec, record, run_id, None, error, job)
+        return _failed(store, result.spec, record, run_id, parent_id, error, job, tags)
     return _finished(record, run_id, result, job)
 
 
@@ -329,15 +354,17 @@ def _finished(record: JobRecord, run_id: str, result: RunResult, job: JobContext
     return result.final_loss
 
 
-def _failed(cfg, store, spec, record: JobRecord, run_id, parent_id, error: Exception, job: JobContext) -> float:
-    """The job raised: its run ends FAILED with the traceback; one line says so. (``cfg`` is only
-    read when the job has no run yet, in the job's own thread.)"""
+def _failed(
+    store, spec, record: JobRecord, run_id, parent_id, error: Exception, job: JobContext, tags: dict[str, str]
+) -> float:
+    """The job raised: its run ends FAILED with the traceback (created with ``tags`` if it has none
+    yet); one line says so."""
     text = traceback.format_exc() + getattr(error, "details", "")
     job.info("job failed:\n%s", text)  # to the job's log file only (the terminal shows warnings)
     abort = _store_abort(store, error)
     try:
         if run_id is None:
-            run_id = writing.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
+            run_id = writing.start_run(store, spec, tags=tags, parent_run_id=parent_id)
         writing.log_failure(store, run_id, spec, text)
     except Exception as second:  # the store refuses the failure too
         job.info("could not record the failure", exc_info=True)

@@ -165,9 +165,9 @@ class JobRunner:
                 out[job.idx] = self.run(job, handover)
             for idx, value in self.background.settle().items():
                 out[idx].return_value = value
-        except BaseException:
+        except BaseException as error:
             with _signals_ignored():  # a second Ctrl-C must not cut the stop short
-                self.background.stop()
+                self.background.stop("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
             raise
         return out
 
