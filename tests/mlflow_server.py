@@ -123,6 +123,8 @@ class Proxy:
     """A loopback HTTP forwarder in front of a server: each request waits ``latency`` seconds, then
     goes on to ``upstream``; counts requests by (method, path without the run's part); ``refuse``
     (method, path) -> an HTTP status answers a request itself instead (e.g. a failing upload).
+    ``peak_runs``: the most runs that had requests in flight at once (a run's requests: its uploads,
+    log-batch, update, by the run id in the path or JSON body).
 
     Threaded (one thread per client connection, as many at once as clients open), 127.0.0.1 only;
     ``close()`` stops it."""
@@ -134,6 +136,8 @@ class Proxy:
         self.refuse = refuse
         self.counts: Counter[tuple[str, str]] = Counter()
         self.lock = threading.Lock()
+        self.in_flight: Counter[str] = Counter()  # run id -> its requests in flight
+        self.peak_runs = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -148,8 +152,22 @@ class Proxy:
                 kind = path.split("/mlflow-artifacts/artifacts/", 1)[0]
                 if kind != path:
                     kind += "/mlflow-artifacts/artifacts/<file>"
+                run_id = _run_of(path, body)
                 with proxy.lock:
                     proxy.counts[(self.command, kind)] += 1
+                    if run_id:
+                        proxy.in_flight[run_id] += 1
+                        proxy.peak_runs = max(proxy.peak_runs, len(proxy.in_flight))
+                try:
+                    self._handle(body, path)
+                finally:
+                    if run_id:
+                        with proxy.lock:
+                            proxy.in_flight[run_id] -= 1
+                            if not proxy.in_flight[run_id]:
+                                del proxy.in_flight[run_id]
+
+            def _handle(self, body: bytes | None, path: str) -> None:
                 time.sleep(proxy.latency)
                 status = proxy.refuse(self.command, path) if proxy.refuse else None
                 if status is not None:
@@ -202,3 +220,17 @@ class Proxy:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=10)
+
+
+def _run_of(path: str, body: bytes | None) -> str | None:
+    """The run a request is for: in an artifact's path (``.../artifacts/<experiment>/<run>/...``),
+    or the ``run_id`` of a JSON body (log-batch, update); None for others (create, searches)."""
+    if "/mlflow-artifacts/artifacts/" in path:
+        parts = path.split("/mlflow-artifacts/artifacts/", 1)[1].split("/")
+        return parts[1] if len(parts) > 2 else None
+    if body and path.endswith(("/runs/log-batch", "/runs/update")):
+        try:
+            return json.loads(body).get("run_id")
+        except ValueError:
+            return None
+    return None

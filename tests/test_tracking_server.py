@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import free_port, run_cli, runs_of, store_uri
 from tests.mlflow_server import Proxy, start_server, stop_server
+from tests.test_faults import error_lines, spawn
 from xorexp.params import config_hash, spec_from_params
 from xorexp.tracking import writing
 from xorexp.train import RunSpec, train
@@ -35,6 +38,7 @@ RUN_ARTIFACTS = {
     "predictions.json", "config.yaml", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
     "plots/learning_curve.png", "plots/decision_boundary.png",
 }
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -330,3 +334,105 @@ def test_a_failed_upload_in_a_sweep_fails_its_jobs_not_the_sweep(server, client,
     assert sorted(r.info.status for r in children) == ["FAILED", "FAILED"]
     [parent] = [r for r in runs if r.data.tags.get("xorexp.role") == "sweep"]
     assert parent.info.status == "FAILED"
+
+
+# ---- runs in flight together: a far-away server ----------------------------------------------------
+
+
+class RefuseSome:
+    """Refuses (403) the decision_boundary.png uploads whose rank among them is in ``ranks``."""
+
+    def __init__(self, ranks: set[int]) -> None:
+        self.ranks = ranks
+        self.seen = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, method: str, path: str) -> int | None:
+        if not refuse_decision_boundary(method, path):
+            return None
+        with self.lock:
+            self.seen += 1
+            return 403 if self.seen in self.ranks else None
+
+
+def test_runs_on_workers_overlap_and_refused_uploads_fail_only_their_runs(server, client, tmp_path):
+    """32 runs on 2 workers through a proxy adding 50 ms a request, 3 of their uploads refused: the
+    requests of more runs than workers are in flight at once; exactly those 3 runs end FAILED (with
+    their traceback), the others FINISHED and complete, none RUNNING; each job's record agrees with
+    its run; the sweep counts 3 failed jobs and exits 1."""
+    refuse = RefuseSome({2, 9, 20})
+    proxy = Proxy(server.uri, latency=0.05, refuse=refuse)
+    try:
+        proc = run_cli(tmp_path, "-m", "seed=range(0,32)", "iterations=300", "hydra.launcher.n_jobs=2",
+                       "tracking.experiment=overlap-refused", f"tracking.uri={proxy.uri}",
+                       f"hydra.sweep.dir={tmp_path}/multirun")
+    finally:
+        proxy.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed_lines = [line for line in proc.stderr.splitlines() if " failed: " in line and "403" in line]
+    assert len(failed_lines) == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("xorexp: 3 job(s) of the sweep failed")
+    assert proxy.peak_runs > 2, proxy.peak_runs  # not one run per worker at a time
+
+    runs = experiment_runs(client, "overlap-refused")
+    [parent] = [r for r in runs if r.data.tags.get("xorexp.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 32 and len(runs) == 33
+    by_status = {status: [r for r in children if r.info.status == status] for status in TERMINAL}
+    assert len(by_status["FAILED"]) == 3 and len(by_status["FINISHED"]) == 29 and not by_status["KILLED"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["failed_jobs"] == 3 and parent.data.metrics["runs"] == 32
+    for run in by_status["FAILED"]:
+        assert run.data.params["iterations"] == "300"
+        stored = artifact_paths(client, run.info.run_id)
+        assert "error/traceback.txt" in stored and "plots/decision_boundary.png" not in stored
+        text = download(client, run.info.run_id, "error/traceback.txt", tmp_path / run.info.run_id).decode()
+        assert "403" in text
+    for run in by_status["FINISHED"]:
+        assert set(run.data.params) == PARAM_KEYS and "final_loss" in run.data.metrics
+        assert artifact_paths(client, run.info.run_id) >= RUN_ARTIFACTS
+    records = [json.loads(p.read_text()) for p in (tmp_path / "multirun").rglob("xorexp_job.json")]
+    assert len(records) == 32
+    status_of = {r.info.run_id: r.info.status for r in children}
+    assert {record["run_id"]: record["status"] for record in records} == status_of
+    # each failed job's log file holds its traceback, written when its run failed in the background
+    logs = [p.read_text() for p in (tmp_path / "multirun").rglob("app.log")]
+    assert sum("job failed:" in text and "403" in text for text in logs) == 3
+    assert sum("final_loss" in text for text in logs) == 29
+
+
+@pytest.mark.parametrize("runs", [12, 40], ids=["in the launching process", "on workers"])
+def test_ctrl_c_with_runs_in_flight_leaves_none_running(server, client, tmp_path, runs):
+    """Ctrl-C while runs' requests are in flight (a proxy adding 200 ms a request): the sweep stops
+    with 130 and one line, its parent KILLED, no run of it RUNNING, and every job record that says
+    FINISHED is a FINISHED run."""
+    experiment = f"interrupted-{runs}"
+    proxy = Proxy(server.uri, latency=0.2)
+    try:
+        proc = spawn(tmp_path, "-m", f"seed=range(0,{runs})", "iterations=300", "hydra.launcher.n_jobs=2",
+                     f"tracking.experiment={experiment}", f"tracking.uri={proxy.uri}",
+                     f"hydra.sweep.dir={tmp_path}/multirun")
+        deadline = time.monotonic() + 180
+        while sum('"FINISHED"' in p.read_text() for p in tmp_path.rglob("xorexp_job.json")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        status = proc.wait(timeout=60)
+    finally:
+        proxy.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert status == 130, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("xorexp: interrupted (Ctrl-C): "), lines
+    all_runs = experiment_runs(client, experiment)
+    [parent] = [r for r in all_runs if r.data.tags.get("xorexp.role") == "sweep"]
+    assert parent.info.status == "KILLED"
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert children and not [r.info.run_name for r in children if r.info.status == "RUNNING"]
+    assert len(children) < runs  # stopped mid-sweep
+    status_of = {r.info.run_id: r.info.status for r in children}
+    for path in tmp_path.rglob("xorexp_job.json"):
+        record = json.loads(path.read_text())
+        if record["status"] == "FINISHED":
+            assert status_of[record["run_id"]] == "FINISHED"
