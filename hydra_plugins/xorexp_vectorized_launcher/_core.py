@@ -293,7 +293,10 @@ def _launch_on_processes(
     finally:
         with _signals_ignored():  # a second Ctrl-C must not cut the workers' stop short
             _stop(pool)
-            events.put(None)
+            # the relay's end, after every event of the workers. Not from this thread: a worker killed
+            # while one of its threads was putting an event (a job's run ending in the background)
+            # leaves the queue's lock held for good, and this put would wait forever
+            threading.Thread(target=events.put, args=(None,), name="xorexp-progress-end", daemon=True).start()
             relay.join(timeout=STOP_WAIT_S)
     return returns
 
