@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
-RUNS_IN_FLIGHT = 8  # a process's runs whose requests are in flight at once, at most
+RUNS_IN_FLIGHT = 4  # a process's runs whose requests are in flight at once, at most (with 8 upload threads:
+# up to 13 requests at once per process; at 8 runs, 2 workers to one loaded server timed out)
 STOP_WAIT_S = 5.0  # how long ``stop`` waits for the runs in flight
 
 
