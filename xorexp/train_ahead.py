@@ -14,7 +14,8 @@ specs is among them; a run's numbers depend only on its spec (``train``: bit-ide
 the batch or process, as the worker processes already rely on). Whatever goes wrong with the
 child (it cannot start, dies, or its training raises), ``take`` returns None and the launcher
 trains the batch itself, as without this module: a training error then happens there and fails
-the jobs as usual. The child is stopped when the sweep ends, however it ends; it ignores Ctrl-C
+the jobs as usual. Nothing of this is shown (debug log lines only): the sweep's output and store
+are the same either way. The child is stopped when the sweep ends, however it ends; it ignores Ctrl-C
 (the launching process decides) and exits by itself when the launching process is gone.
 
 The child: ``python -m xorexp.train_ahead``, specs pickled on stdin, ``("ok", results)`` or
@@ -89,7 +90,7 @@ def start(config: Any) -> Ahead | None:
     try:
         ahead = Ahead(specs, int(config.hydra.launcher.chunk_size))
     except Exception:
-        log.warning("could not start training ahead: the launcher trains", exc_info=True)
+        log.debug("could not start training ahead: the launcher trains", exc_info=True)
         return None
     _running = ahead
     return ahead
@@ -129,7 +130,7 @@ class Ahead:
             self.proc.stdin.close()
         except OSError:  # the child is gone already: take() finds no result
             pass
-        log.info("training %d runs ahead in process %d", len(specs), self.proc.pid)
+        log.debug("training %d runs ahead in process %d", len(specs), self.proc.pid)
 
     def take(self, specs: Sequence[RunSpec]) -> list[RunResult] | None:
         if self.failed or not all(spec in self.specs for spec in specs):
@@ -160,13 +161,13 @@ class Ahead:
             self.proc.wait()
             kind, payload = pickle.loads(data)
         except Exception:
-            log.warning(
+            log.debug(
                 "the process training ahead (%d) ended without results (status %s): the launcher trains",
                 self.proc.pid, self.proc.returncode, exc_info=True,
             )
             return None
         if kind != "ok":
-            log.warning("training ahead failed, the launcher trains again:\n%s", payload)
+            log.debug("training ahead failed, the launcher trains again:\n%s", payload)
             return None
         return {result.spec: result for result in payload}
 
