@@ -65,8 +65,9 @@ def grid_specs(config: Any) -> list[RunSpec] | None:
     total = count_jobs(config)
     if total is None or not 0 < total < MIN_RUNS:
         return None
-    if any(override.get_key_element() not in RESULT_KEYS for override in sweep_overrides(config)):
-        return None  # e.g. a config group or a hydra.* value swept: its jobs' values are Hydra's to say
+    for override in sweep_overrides(config):  # fixed values are in ``config`` already
+        if override.is_sweep_override() and override.get_key_element() not in RESULT_KEYS:
+            return None  # e.g. a config group swept: its jobs' values are Hydra's to say
     swept = swept_values(config)
     keys = list(swept)
     specs = []
