@@ -25,7 +25,7 @@ import numpy as np
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from xorexp import parent_run, progress, report
+from xorexp import parent_run, progress, report, train_ahead
 from xorexp.config import check_sweep, count_jobs
 from xorexp.errors import Abort, ConfigError, fail
 from xorexp.job import JOB_RECORD, store_for
@@ -116,6 +116,9 @@ class Sweep:
         resources = ExitStack()
         try:
             resources.enter_context(_claim(Path(config.hydra.sweep.dir)))
+            # a small sweep trains in a child process while the store opens (stopped however the sweep ends)
+            resources.callback(train_ahead.stop)
+            train_ahead.start(config)
             # a new store is created and migrated here, once, never by concurrent jobs
             store = store_for(config.tracking.uri, config.tracking.experiment, config.hydra.runtime.cwd)
             tags = {
