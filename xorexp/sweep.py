@@ -235,16 +235,26 @@ class _claim:
 
 
 class _log_file:
-    """The launching process's log records go to ``path`` too (tracebacks included)."""
+    """The launching process's log records of xorexp, its plugins and Hydra go to ``path`` too
+    (tracebacks included).
+
+    The handler hangs on those loggers, not on the root logger: Hydra's launchers reconfigure
+    logging (``dictConfig``) when they start and after each job, which drops the root's handlers
+    (the file stayed empty) but leaves loggers it does not name alone.
+    """
+
+    LOGGERS = ("xorexp", "hydra_plugins", "hydra")
 
     def __init__(self, path: Path) -> None:
         self.handler = logging.FileHandler(path)
         self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
 
     def __enter__(self) -> _log_file:
-        logging.getLogger().addHandler(self.handler)
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        logging.getLogger().removeHandler(self.handler)
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self.handler)
         self.handler.close()
