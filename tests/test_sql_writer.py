@@ -3,9 +3,6 @@ hands every case it cannot vouch for to MLflow's path."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
 from xorexp.tracking import sql_writer, writing
@@ -16,41 +13,54 @@ TABLES = ("runs", "tags", "params", "metrics", "latest_metrics")
 TIME_TAGS = ("xorexp.pid",)
 
 
-def log_one(directory: Path, result, *, with_params: bool, experiment: str = "rows") -> tuple[Path, str]:
-    directory.mkdir()
-    db = directory / "mlflow.db"
-    store = open_store(f"sqlite:///{db}", experiment)
+def log_one(uri: str, result, *, with_params: bool, experiment: str = "rows") -> str:
+    store = open_store(uri, experiment)
     run_id = writing.start_run(store, result.spec, tags={"xorexp.overrides": "lr=0.5"}, with_params=with_params)
     writing.log_result(
         store, run_id, result, files={"config.yaml": "lr: 0.5\n"}, params_logged=with_params, model=False
     )
-    return db, run_id
+    return run_id
 
 
-def rows(db: Path, run_id: str) -> dict[str, list[tuple]]:
-    """Every row of the run in MLflow's run tables, its id and times made comparable."""
-    connection = sqlite3.connect(db)
+def rows(uri: str, run_id: str) -> dict[str, list[tuple]]:
+    """Every row of the run in MLflow's run tables (any SQL store), its id and times made comparable."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
     out = {}
     try:
-        for table in TABLES:
-            cursor = connection.execute(f"SELECT * FROM {table} WHERE run_uuid = ?", (run_id,))
-            names = [d[0] for d in cursor.description]
-            found = []
-            for row in cursor.fetchall():
-                record = dict(zip(names, row, strict=True))
-                record["run_uuid"] = "RUN"
-                for key in ("start_time", "end_time", "timestamp"):
-                    if record.get(key) is not None:
-                        record[key] = "TIME"
-                if table == "runs":
-                    record["artifact_uri"] = record["artifact_uri"].replace(run_id, "RUN").split("/mlartifacts/")[1]
-                if table == "tags" and record["key"] in TIME_TAGS:
-                    record["value"] = "PID"
-                found.append(tuple(sorted(record.items())))
-            out[table] = sorted(found)
+        with engine.connect() as connection:
+            for table in TABLES:
+                result = connection.execute(sqlalchemy.text(f"SELECT * FROM {table} WHERE run_uuid = :id"), {"id": run_id})
+                found = []
+                for row in result.mappings():
+                    record = dict(row)
+                    record["run_uuid"] = "RUN"
+                    for key in ("start_time", "end_time", "timestamp"):
+                        if record.get(key) is not None:
+                            record[key] = "TIME"
+                    if table == "runs":
+                        record["artifact_uri"] = record["artifact_uri"].replace(run_id, "RUN").split("/mlartifacts/")[1]
+                    if table == "tags" and record["key"] in TIME_TAGS:
+                        record["value"] = "PID"
+                    found.append(tuple(sorted(record.items())))
+                out[table] = sorted(found)
     finally:
-        connection.close()
+        engine.dispose()
     return out
+
+
+def compare_with_mlflow(fast_uri: str, mlflow_uri: str, result, monkeypatch, *, with_params: bool) -> dict:
+    """Log ``result`` through the SQL writer into one store and through MLflow's client calls into
+    the other; the two runs' rows must be equal. Returns MLflow's rows."""
+    assert sql_writer.writer_for(open_store(fast_uri, "rows")) is not None  # the writer's path, not MLflow's
+    fast_id = log_one(fast_uri, result, with_params=with_params)
+    with monkeypatch.context() as patch:
+        patch.setattr(sql_writer, "writer_for", lambda store: None)  # MLflow's own calls
+        mlflow_id = log_one(mlflow_uri, result, with_params=with_params)
+    reference = rows(mlflow_uri, mlflow_id)
+    assert rows(fast_uri, fast_id) == reference
+    return reference
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +71,11 @@ def result():
 
 @pytest.mark.parametrize("with_params", [True, False])
 def test_a_run_has_the_rows_mlflow_writes(tmp_path, monkeypatch, result, with_params):
-    fast_db, fast_id = log_one(tmp_path / "fast", result, with_params=with_params)
-    monkeypatch.setattr(sql_writer, "writer_for", lambda store: None)  # MLflow's own calls
-    mlflow_db, mlflow_id = log_one(tmp_path / "mlflow", result, with_params=with_params)
-
-    fast, reference = rows(fast_db, fast_id), rows(mlflow_db, mlflow_id)
-    assert fast == reference
+    (tmp_path / "fast").mkdir(), (tmp_path / "mlflow").mkdir()
+    reference = compare_with_mlflow(
+        f"sqlite:///{tmp_path / 'fast' / 'mlflow.db'}", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+        result, monkeypatch, with_params=with_params,
+    )
     # the trace, final_loss, accuracy, steps and (it solved) solved_at
     assert result.solved_at is not None
     assert len(reference["metrics"]) == len(result.loss_trace) + 4
