@@ -47,7 +47,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
 
-from xorexp import chunks, progress
+from xorexp import chunks, progress, train_ahead
 from xorexp.background import Background
 from xorexp.errors import fail
 from xorexp.job import Handover, handing_over
@@ -60,7 +60,7 @@ from ._compose import Composer, Planned
 log = logging.getLogger(__name__)
 
 RENDER_BATCH = 25  # runs per plot-rendering task (ray backend)
-MIN_RUNS_FOR_WORKERS = 16  # below this, starting worker processes costs more than it saves
+MIN_RUNS_FOR_WORKERS = train_ahead.MIN_RUNS  # below: no workers (costs more than it saves), trained ahead
 TASKS_PER_WORKER = 4  # local backend: jobs go to workers in about this many chunks per worker
 STOP_WAIT_S = 3.0  # how long stopped workers get before they are killed
 PARENT_POLL_S = 0.5  # how often a worker checks that the launching process is alive
@@ -109,7 +109,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             returns = {}
             for members in plan_batches([job.spec for job in trainable], chunk_size):
                 batch = [trainable[i] for i in members]
-                returns.update(runner.run_all(batch, _train(batch)))
+                returns.update(runner.run_all(batch, _train(batch, ahead=True)))
         for job in jobs:
             if job.spec is None:
                 returns[job.idx] = runner.run_hydra_job(job)
@@ -119,8 +119,13 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     return [returns[job.idx] for job in jobs]
 
 
-def _train(batch: list[Job]) -> list:
-    """The chunk's results, or for each job the error that stopped its training."""
+def _train(batch: list[Job], ahead: bool = False) -> list:
+    """The chunk's results, or for each job the error that stopped its training. ``ahead``: take them
+    from the sweep's training ahead (``xorexp.train_ahead``) if it has them."""
+    if ahead:
+        results = train_ahead.take([job.spec for job in batch])
+        if results is not None:
+            return results
     try:
         return chunks.train_chunk([job.spec for job in batch])
     except Exception as error:  # its traceback goes with each job's FAILED run
