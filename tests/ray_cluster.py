@@ -107,8 +107,10 @@ class LoopbackRayCluster:
     which takes every process of the cluster with it, and checks that none is left.
     """
 
-    def __init__(self, workdir: Path, *, num_cpus: int = 2, object_store_bytes: int = 200_000_000) -> None:
+    def __init__(self, workdir: Path, *, num_cpus: int = 2, object_store_bytes: int = 200_000_000,
+                 root: Path = ROOT) -> None:
         self.workdir = workdir
+        self.root = root  # the checkout the cluster's workers and ``cli`` import xorexp from
         self.num_cpus = num_cpus
         self.object_store_bytes = object_store_bytes
         self.faults = workdir / "faults"
@@ -136,7 +138,7 @@ class LoopbackRayCluster:
             f"--object-store-memory={self.object_store_bytes}", "--include-dashboard=false",
             "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
         ]
-        env = ray_env(PYTHONPATH=f"{hooks}{os.pathsep}{ROOT}", XOREXP_TEST_FAULTS=str(self.faults))
+        env = ray_env(PYTHONPATH=f"{hooks}{os.pathsep}{self.root}", XOREXP_TEST_FAULTS=str(self.faults))
         self.log_path = self.workdir / "ray-head.log"
         with open(self.log_path, "w") as log:
             self.holder = subprocess.Popen(
@@ -223,14 +225,21 @@ class LoopbackRayCluster:
         path = self.faults / "calls.log"
         return path.read_text().splitlines() if path.is_file() else []
 
-    def cli(self, cwd: Path, *args: str, timeout: float = 600, sample_sockets: bool = False):
-        """``python -m xorexp args`` inside, on this cluster; (CompletedProcess-like, sockets seen)."""
+    def cli(self, cwd: Path, *args: str, timeout: float = 600, sample_sockets: bool = False,
+            private: Path | None = None):
+        """``python -m xorexp args`` inside, on this cluster; (CompletedProcess-like, sockets seen).
+
+        ``private``: a directory the command sees as an empty tmpfs of its own (a mount namespace of
+        its own), while the cluster's workers see the real one: as if they ran on another machine."""
         argv = [sys.executable, "-m", "xorexp", *args, "hydra.launcher.backend=ray",
                 f"hydra.launcher.ray.address={self.address}", f"hydra.sweep.dir={cwd}/multirun"]
+        if private is not None:
+            mount = 'mount -t tmpfs xorexp-private "$0" && exec "$@"'
+            argv = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", mount, str(private), *argv]
         out, err = cwd / "cli.out", cwd / "cli.err"
         seen: set[tuple[str, str, str]] = set()
         with open(out, "w") as stdout, open(err, "w") as stderr:
-            proc = self.popen(argv, cwd=cwd, env=ray_env(), stdout=stdout, stderr=stderr)
+            proc = self.popen(argv, cwd=cwd, env=ray_env(PYTHONPATH=str(self.root)), stdout=stdout, stderr=stderr)
             deadline = time.monotonic() + timeout
             while proc.poll() is None:
                 if time.monotonic() > deadline:

@@ -278,3 +278,25 @@ def test_a_worker_lost_mid_job_finishes_that_run_on_retry(cluster, server, serve
     state = server_state(cluster, server, tmp_path)
     assert len(state["children"]) == N_SERVER_RUNS  # no second run for any job
     assert state["snapshot"] == server_local_snapshot
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_tasks_on_another_machine_send_their_job_files_back(cluster, server, tmp_path):
+    """The launching process's sweep dir is a private tmpfs, the tasks write theirs on the disk: as if
+    they ran on another machine. They still find the parent run (sent with them), and the launching
+    process gets every job's record (sent back) for the sweep's summary."""
+    clear_faults(cluster)
+    (tmp_path / "multirun").mkdir()
+    proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}", "tracking.experiment=apart",
+                          private=tmp_path / "multirun")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    # the tasks' side of the disk: the parent record they were given, the job dirs they wrote
+    assert (tmp_path / "multirun" / "xorexp_parent_run.json").is_file()
+    assert not (tmp_path / "multirun" / "xorexp.log").exists()  # the launching process's file: not here
+    assert len(list((tmp_path / "multirun").rglob("xorexp_job.json"))) == N_SERVER_RUNS
+    state = server_state(cluster, server, tmp_path, "apart")
+    assert len(state["children"]) == N_SERVER_RUNS  # the runs are the parent's children
+    assert {run["status"] for run in state["children"]} == {"FINISHED"}
+    assert state["parent"]["status"] == "FINISHED"  # the summary found all 40 job records
+    assert "left no run" not in proc.stdout

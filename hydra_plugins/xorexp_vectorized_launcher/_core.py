@@ -456,9 +456,10 @@ def _jobs_on_ray(executor, launcher, jobs: list[Job], runner: JobRunner, chunk_s
                         returns[job.idx] = runner.run(job, Handover(job.spec, error=why[1]))
                     _report(job, events, runner.output_dir)
                 continue
+            by_idx = {job.idx: job for job in batch}
             for idx, ret, events, output_dir, files in ended:
                 _write_missing(output_dir, files)
-                _report(next(job for job in batch if job.idx == idx), events, output_dir)
+                _report(by_idx[idx], events, output_dir)
                 returns[idx] = ret
             if abort is not None:  # the store failed in the task: stop the sweep
                 raise Abort(*abort)
