@@ -103,7 +103,8 @@ def server_main(opts, args: list[str]) -> None:
           f"mlflow server on sqlite (--workers {opts.server_workers}), best of {opts.repeats} [median]:")
     for label, code in checkouts.items():
         best, median = min(times[label]), statistics.median(times[label])
-        print(f"  {label:6} {code}: {describe(times[label])}  {runs / best:5.2f} runs/s [{runs / median:.2f}]")
+        rates = f"{runs / best:5.2f} runs/s [{runs / median:.2f}]"
+        print(f"  {label:6} {code}: {describe(times[label])}  {rates}")
     print(f"  runs/s after / before: {min(times['before']) / min(times['after']):.2f}")
     if left:
         print(f"warning: cluster processes left: {left}", file=sys.stderr)

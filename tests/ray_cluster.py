@@ -235,11 +235,13 @@ class LoopbackRayCluster:
                 f"hydra.launcher.ray.address={self.address}", f"hydra.sweep.dir={cwd}/multirun"]
         if private is not None:
             mount = 'mount -t tmpfs xorexp-private "$0" && exec "$@"'
-            argv = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", mount, str(private), *argv]
+            argv = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", mount, str(private),
+                    *argv]
         out, err = cwd / "cli.out", cwd / "cli.err"
         seen: set[tuple[str, str, str]] = set()
         with open(out, "w") as stdout, open(err, "w") as stderr:
-            proc = self.popen(argv, cwd=cwd, env=ray_env(PYTHONPATH=str(self.root)), stdout=stdout, stderr=stderr)
+            env = ray_env(PYTHONPATH=str(self.root))
+            proc = self.popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
             deadline = time.monotonic() + timeout
             while proc.poll() is None:
                 if time.monotonic() > deadline:

@@ -247,7 +247,8 @@ def test_a_task_that_raises_fails_its_jobs_only_and_a_resume_trains_them(cluster
     assert len(failed) in (15, 7), failed  # the task's jobs but the first, which it had ended
     assert len(failed) + len(finished) == N_SERVER_RUNS
     assert {run["pid"] for run in failed} == {state["parent"]["xorexp.pid"]}  # ended FAILED here
-    lines = [line for line in proc.stderr.splitlines() if "its Ray task failed: RuntimeError: injected" in line]
+    said = "its Ray task failed: RuntimeError: injected fault in run_job"
+    lines = [line for line in proc.stderr.splitlines() if said in line]
     assert len(lines) == min(10, len(failed)), proc.stderr  # every failed job reported, by the progress
     assert state["parent"]["status"] == "FAILED"
 

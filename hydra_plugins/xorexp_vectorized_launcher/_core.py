@@ -417,7 +417,9 @@ class TaskSetup:
     parent_record: str | None
 
 
-def _jobs_on_ray(executor, launcher, jobs: list[Job], runner: JobRunner, chunk_size: int) -> dict[int, JobReturn]:
+def _jobs_on_ray(
+    executor, launcher, jobs: list[Job], runner: JobRunner, chunk_size: int
+) -> dict[int, JobReturn]:
     """Each task trains its chunk and runs its jobs, logging included (``run_jobs_in_task``)."""
     from ._ray_backend import task_error
 
@@ -536,7 +538,9 @@ def _report(job: Job, events: list, output_dir: str | None) -> None:
     except (OSError, ValueError):
         record = {}
     failed = record.get("status") != "FINISHED"
-    message = f"job #{job.idx} failed (run {record.get('run_id')}; full log in {output_dir})" if failed else None
+    message = None
+    if failed:
+        message = f"job #{job.idx} failed (run {record.get('run_id')}; full log in {output_dir})"
     progress.job_ended(record.get("outcome"), failed=failed, message=message)
 
 
