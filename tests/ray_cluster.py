@@ -256,7 +256,14 @@ class LoopbackRayCluster:
 
 
 def ray_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    """The environment of the cluster and of every command run on it. ``RAY_AUTH_MODE=disabled``: Ray
+    2.60 turns token authentication on by itself in any process that finds ``~/.ray/auth_token`` when
+    the variable is unset, and any ``ray.init()`` on the machine may create that file: a cluster started
+    before it appeared then refused the sweep's driver ("InvalidAuthToken: Authentication token is
+    missing or incorrect", seen 2026-12-01 when another developer's Ray run made the file mid-suite).
+    The cluster is on loopback in its own network namespace: no authentication needed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
     return {**env, **extra}
