@@ -170,7 +170,7 @@ class JobRunner:
         self.output_dir = None
         with handing_over(handover):
             ret = _hydra_job.run_job(self.hydra_context, self.task_function, configs, self.logs)
-        self.output_dir = str(configs.hydra.hydra.runtime.output_dir)
+        self.output_dir = str(configs.config.hydra.runtime.output_dir)
         # A sweep keeps every job's JobReturn until it ends (up to config.MAX_JOBS of them): with its
         # two configs, ~250 kB each (a 10,000-run sweep's launching process peaked at 2.8 GB). An
         # xorexp job's configs are in its job dir (.hydra/) and its run already, and its callbacks have
