@@ -91,6 +91,22 @@ def process_alive(pid: int) -> bool:
 PER_PROCESS_TAGS = {"xorexp.pid", "xorexp.command"}  # tags that name the process, not the run
 
 
+def snapshot_differences(got: dict, expected: dict) -> list[str]:
+    """Where two store snapshots differ, one line per run and field (empty when equal): an assertion
+    on it names the field, where pytest's diff of two large dicts hides it."""
+    lines = [f"{name}: only in the first" for name in got.keys() - expected.keys()]
+    lines += [f"{name}: only in the second" for name in expected.keys() - got.keys()]
+    for name in sorted(got.keys() & expected.keys()):
+        for field in sorted(got[name].keys() | expected[name].keys()):
+            a, b = got[name].get(field), expected[name].get(field)
+            if a != b:
+                if isinstance(a, dict) and isinstance(b, dict):  # only the keys that differ
+                    keys = {k for k in a.keys() | b.keys() if a.get(k, KeyError) != b.get(k, KeyError)}
+                    a, b = {k: a[k] for k in keys if k in a}, {k: b[k] for k in keys if k in b}
+                lines.append(f"{name} {field}: {a!r} != {b!r}")
+    return lines
+
+
 def store_snapshot(directory: Path, uri: str | None = None, filter_string: str = "") -> dict:
     """Per training run name: status, params, tags that do not depend on time or process, metrics,
     the loss trace and predictions as exact hex floats, and the artifact paths (parents left out).

@@ -55,6 +55,25 @@ def test_single_run_follows_the_tracking_contract(tmp_path, client_for):
         assert path in names
     png = client.download_artifacts(run.info.run_id, "plots/learning_curve.png", str(tmp_path))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "cfg"))
+    resolved = OmegaConf.load(config)
+    assert (resolved.lr, resolved.seed, resolved.iterations) == (0.5, 3, 2000)
+    assert resolved.tracking.uri is None
+
+
+def test_the_config_artifact_is_resolved(tmp_path):
+    """config.yaml is the job's config resolved: Hydra's unresolved dump serves when nothing in it is
+    an interpolation, else the config is dumped again, resolved."""
+    from xorexp.job import resolved_yaml
+
+    plain = OmegaConf.create({"lr": 0.5, "tracking": {"uri": None}})
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(plain))
+    assert resolved_yaml(plain, tmp_path) == OmegaConf.to_yaml(plain, resolve=True) == "lr: 0.5\ntracking:\n  uri: null\n"
+
+    linked = OmegaConf.create({"lr": 0.5, "tracking": {"experiment": "lr${lr}"}})
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(linked))
+    assert resolved_yaml(linked, tmp_path) == "lr: 0.5\ntracking:\n  experiment: lr0.5\n"
+    assert resolved_yaml(linked, None) == resolved_yaml(linked, tmp_path / "missing")
 
 
 def _artifact_paths(client, run_id, path=None):

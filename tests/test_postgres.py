@@ -138,6 +138,21 @@ def test_sweep_resume_and_report_directly_on_postgres(postgres, tmp_path):
     assert row and row[0][3] == "4"  # 4 seeds in the latest sweep's summary
 
 
+def test_the_sql_writer_writes_mlflows_rows_on_postgres(postgres, tmp_path, monkeypatch):
+    """On PostgreSQL too, a run written by xorexp's SQL writer has exactly the rows MLflow's client
+    calls write (tests/test_sql_writer.py does the same on sqlite)."""
+    from tests.test_sql_writer import compare_with_mlflow
+
+    _, result = expected_result(seed=5, lr=2.0)
+    monkeypatch.chdir(tmp_path)  # the stores' artifacts go to ./mlartifacts
+    reference = compare_with_mlflow(
+        postgres.create_database("rows_fast"), postgres.create_database("rows_mlflow"),
+        result, monkeypatch, with_params=False,
+    )
+    assert len(reference["metrics"]) == len(result.loss_trace) + 3 + (result.solved_at is not None)
+    assert dict(reference["runs"][0])["status"] == "FINISHED"
+
+
 def test_database_refusals_are_one_line_in_seconds(postgres, tmp_path):
     missing = postgres.uri("nope").replace("postgres@", "postgres:s3cret@")
     proc = run_cli(tmp_path, f"iterations={ITERATIONS}", f"tracking.uri={missing}", timeout=60)

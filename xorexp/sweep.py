@@ -25,7 +25,7 @@ import numpy as np
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from xorexp import parent_run, progress, report
+from xorexp import parent_run, progress, report, train_ahead
 from xorexp.config import check_sweep, count_jobs
 from xorexp.errors import Abort, ConfigError, fail
 from xorexp.job import JOB_RECORD, store_for
@@ -116,6 +116,9 @@ class Sweep:
         resources = ExitStack()
         try:
             resources.enter_context(_claim(Path(config.hydra.sweep.dir)))
+            # a small sweep trains in a child process while the store opens (stopped however the sweep ends)
+            resources.callback(train_ahead.stop)
+            train_ahead.start(config)
             # a new store is created and migrated here, once, never by concurrent jobs
             store = store_for(config.tracking.uri, config.tracking.experiment, config.hydra.runtime.cwd)
             tags = {
@@ -232,16 +235,26 @@ class _claim:
 
 
 class _log_file:
-    """The launching process's log records go to ``path`` too (tracebacks included)."""
+    """The launching process's log records of xorexp, its plugins and Hydra go to ``path`` too
+    (tracebacks included).
+
+    The handler hangs on those loggers, not on the root logger: Hydra's launchers reconfigure
+    logging (``dictConfig``) when they start and after each job, which drops the root's handlers
+    (the file stayed empty) but leaves loggers it does not name alone.
+    """
+
+    LOGGERS = ("xorexp", "hydra_plugins", "hydra")
 
     def __init__(self, path: Path) -> None:
         self.handler = logging.FileHandler(path)
         self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
 
     def __enter__(self) -> _log_file:
-        logging.getLogger().addHandler(self.handler)
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        logging.getLogger().removeHandler(self.handler)
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self.handler)
         self.handler.close()

@@ -54,11 +54,15 @@ class JobConfigs:
     """What a job runs with, as Hydra's ``run_job`` would make it: ``config`` (the whole job config),
     ``task`` (``config`` without its ``hydra`` node: the task function's argument) and ``hydra``
     (``config``'s ``hydra`` node alone: HydraConfig's and the JobReturn's), and, when the job's shape
-    has one, the template of its ``.hydra/hydra.yaml``."""
+    has one, the template of its ``.hydra/hydra.yaml``.
+
+    A job derived from its shape's template has no ``hydra`` of its own (None): HydraConfig gets
+    ``config`` itself, whose ``hydra`` node is the same, and its hydra.yaml comes from the template;
+    that spares unpickling a second copy of the hydra node per job (~40 % of making the configs)."""
 
     config: DictConfig
     task: DictConfig
-    hydra: DictConfig
+    hydra: DictConfig | None
     hydra_yaml: HydraYaml | None = None
 
 
@@ -155,7 +159,7 @@ class Composer:
             task, hydra = split(config)
             return JobConfigs(config, task, hydra)
         template = self.templates[shape]
-        config, task, hydra = (pickle.loads(b) for b in (template.config, template.task, template.hydra))
+        config, task = (pickle.loads(b) for b in (template.config, template.task))
         changed = [
             mine for mine, theirs in zip(planned.parsed, template.parsed, strict=True)
             if mine.input_line != theirs.input_line
@@ -171,14 +175,12 @@ class Composer:
             item_sep=dirname.item_sep,
             kv_sep=dirname.kv_sep,
         )
-        for node in (config.hydra, hydra.hydra):
-            with read_write(node), open_dict(node):
-                node.overrides.task = task_lines
-                node.job.override_dirname = override_dirname
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.overrides.task = task_lines
+            config.hydra.job.override_dirname = override_dirname
         _set_job(config, job_idx)
-        _set_job(hydra, job_idx)
         OmegaConf.set_readonly(config.hydra, True)
-        return JobConfigs(config, task, hydra, template.hydra_yaml)
+        return JobConfigs(config, task, None, template.hydra_yaml)
 
     def _derivable(self, shape: tuple | None) -> bool:
         return shape is not None and self.enabled and shape in self.templates and shape in self.checked
@@ -198,10 +200,11 @@ class Composer:
         derived = self.job_configs(planned, None)  # the shortcut, checked once against Hydra
         same = OmegaConf.to_container(derived.config) == OmegaConf.to_container(composed)
         if same and derived.hydra_yaml is not None:  # and the hydra.yaml template, with other values
-            _set_job(derived.hydra, 0)
-            with read_write(derived.hydra.hydra), open_dict(derived.hydra.hydra):
-                derived.hydra.hydra.runtime.output_dir = "/checked/output/dir"
-            same = derived.hydra_yaml.render(derived.hydra) == OmegaConf.to_yaml(derived.hydra)
+            _set_job(derived.config, 0)
+            with read_write(derived.config.hydra), open_dict(derived.config.hydra):
+                derived.config.hydra.runtime.output_dir = "/checked/output/dir"
+            hydra = OmegaConf.masked_copy(derived.config, "hydra")  # as Hydra's run_job makes it
+            same = derived.hydra_yaml.render(derived.config) == OmegaConf.to_yaml(hydra)
         if not same:
             log.warning("vectorized launcher: a derived job config differs from Hydra's; composing all")
             self.enabled = False

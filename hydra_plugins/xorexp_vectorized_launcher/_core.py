@@ -50,7 +50,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import OmegaConf, open_dict
 
-from xorexp import chunks, parent_run, progress, provenance
+from xorexp import chunks, parent_run, progress, provenance, train_ahead
 from xorexp.errors import Abort, fail
 from xorexp.job import JOB_RECORD, Handover, handing_over
 from xorexp.params import run_name
@@ -63,7 +63,7 @@ from ._compose import Composer, Planned
 log = logging.getLogger(__name__)
 
 RENDER_BATCH = 25  # runs per plot-rendering task (ray backend)
-MIN_RUNS_FOR_WORKERS = 16  # below this, starting worker processes costs more than it saves
+MIN_RUNS_FOR_WORKERS = train_ahead.MIN_RUNS  # below: no workers (costs more than it saves), trained ahead
 TASKS_PER_WORKER = 4  # local backend: jobs go to workers in about this many chunks per worker
 MAX_RETURNED_FILE = 1_000_000  # bytes: a job dir's files a Ray task sends back (yamls, log, record)
 STOP_WAIT_S = 3.0  # how long stopped workers get before they are killed
@@ -113,7 +113,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             returns = {}
             for members in plan_batches([job.spec for job in trainable], chunk_size):
                 batch = [trainable[i] for i in members]
-                returns.update(runner.run_all(batch, _train(batch)))
+                returns.update(runner.run_all(batch, _train(batch, ahead=True)))
         for job in jobs:
             if job.spec is None:
                 returns[job.idx] = runner.run_hydra_job(job)
@@ -122,8 +122,13 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     return [returns[job.idx] for job in jobs]
 
 
-def _train(batch: list[Job]) -> list:
-    """The chunk's results, or for each job the error that stopped its training."""
+def _train(batch: list[Job], ahead: bool = False) -> list:
+    """The chunk's results, or for each job the error that stopped its training. ``ahead``: take them
+    from the sweep's training ahead (``xorexp.train_ahead``) if it has them."""
+    if ahead:
+        results = train_ahead.take([job.spec for job in batch])
+        if results is not None:
+            return results
     try:
         return chunks.train_chunk([job.spec for job in batch])
     except Exception as error:  # its traceback goes with each job's FAILED run

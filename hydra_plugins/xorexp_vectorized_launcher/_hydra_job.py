@@ -3,8 +3,9 @@
 ``run_job`` does what Hydra's does, in the same order, with the same files: output dir,
 ``HydraConfig``, chdir (if asked), the job's logging, ``.hydra/{config,hydra,overrides}.yaml``,
 ``hydra.job.env_set``, the callbacks' ``on_job_start``/``on_job_end``, the task function, and a
-``JobReturn`` with status, return value, working dir, task name, cfg and hydra_cfg. What it does not
-do per job (about 40 ms of Hydra's ~60 ms outside the task, measured with cProfile):
+``JobReturn`` with status, return value, working dir, task name, cfg and hydra_cfg (for a job derived
+from its shape's template, the whole job config, whose ``hydra`` node is the one Hydra would give).
+What it does not do per job (about 40 ms of Hydra's ~60 ms outside the task, measured with cProfile):
 
 - copy the job's config three times (two ``copy.deepcopy`` and ``HydraConfig.set_config``'s masked
   copy, twice): ``JobConfigs`` come made, from a per-shape template (see ``_compose``);
@@ -188,16 +189,20 @@ def run_job(
     """One job as ``hydra.core.utils.run_job(..., job_dir_key="hydra.sweep.dir",
     job_subdir_key="hydra.sweep.subdir")`` runs it, with the job's configs made by the launcher."""
     callbacks = hydra_context.callbacks
-    config, hydra_cfg = configs.config, configs.hydra
+    config = configs.config
+    # HydraConfig.set_config would hold the hydra node alone, seeing the job's config in its
+    # interpolations; a derived job's is ``config`` itself (HydraConfig.get() is its hydra node)
+    hydra_cfg = configs.hydra if configs.hydra is not None else config
     old_cwd = os.getcwd()
     instance = HydraConfig.instance()
     previous = instance.cfg
-    instance.cfg = hydra_cfg  # what HydraConfig.set_config makes: the hydra node alone, ...
-    hydra_cfg.hydra._set_parent(config)  # ... seeing the job's config in its interpolations
+    instance.cfg = hydra_cfg
+    if hydra_cfg is not config:
+        hydra_cfg.hydra._set_parent(config)
     output_dir = os.path.join(
         str(OmegaConf.select(config, "hydra.sweep.dir")), str(OmegaConf.select(config, "hydra.sweep.subdir"))
     )
-    for node in (config.hydra, hydra_cfg.hydra):
+    for node in {id(n): n for n in (config.hydra, hydra_cfg.hydra)}.values():
         with read_write(node.runtime), open_dict(node.runtime):
             node.runtime.output_dir = os.path.abspath(output_dir)
     chdir = False
@@ -219,10 +224,13 @@ def run_job(
         if config.hydra.output_subdir is not None:
             hydra_dir = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
             hydra_dir.mkdir(parents=True, exist_ok=True)
-            hydra_yaml = configs.hydra_yaml.render(hydra_cfg) if configs.hydra_yaml else None
+            if configs.hydra_yaml is not None:
+                hydra_yaml = configs.hydra_yaml.render(hydra_cfg)
+            else:
+                hydra_yaml = OmegaConf.to_yaml(OmegaConf.masked_copy(hydra_cfg, "hydra"))
             for name, text in (
                 ("config.yaml", OmegaConf.to_yaml(configs.task)),
-                ("hydra.yaml", hydra_yaml or OmegaConf.to_yaml(hydra_cfg)),
+                ("hydra.yaml", hydra_yaml),
                 ("overrides.yaml", OmegaConf.to_yaml(config.hydra.overrides.task)),
             ):
                 with open(hydra_dir / name, "w", encoding="utf-8") as file:

@@ -3,7 +3,10 @@
 Put this folder first on PYTHONPATH and set XOREXP_FAULT to ``KIND:SEED`` (several separated by
 commas); a chunk of runs that holds SEED then meets the fault:
 - ``train``: training raises MemoryError (as a too-large batch would);
-- ``die``: a worker process dies on the spot (as an out-of-memory kill would); no effect outside workers;
+- ``die``: a worker process, or the child training a small sweep ahead (``xorexp.train_ahead``),
+  dies on the spot (as an out-of-memory kill would); no effect in the launching process;
+- ``here``: training raises in the launching process only (so a small sweep succeeds only with
+  its runs trained ahead);
 - ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
 - ``plot``: rendering the run's plots raises (in whichever process renders them);
 - ``summary:0``: the sweep's summary at its end raises;
@@ -20,6 +23,15 @@ if any(kind == "nodriver" for kind, _, _ in _faults):  # as if no PostgreSQL dri
 
     sys.modules["psycopg2"] = sys.modules["psycopg"] = None  # importing either raises ImportError
     _faults = [fault for fault in _faults if fault[0] != "nodriver"]
+
+
+def _ahead() -> bool:
+    """Whether this process is the child training a small sweep ahead."""
+    import sys
+
+    return getattr(sys.modules["__main__"].__spec__, "name", None) == "xorexp.train_ahead"
+
+
 if _faults:
     import xorexp.chunks as _chunks
 
@@ -32,8 +44,10 @@ if _faults:
                 continue
             if kind == "train":
                 raise MemoryError("injected: cannot allocate the batch")
-            if kind == "die" and multiprocessing.parent_process() is not None:
+            if kind == "die" and (multiprocessing.parent_process() is not None or _ahead()):
                 os._exit(9)
+            if kind == "here" and multiprocessing.parent_process() is None and not _ahead():
+                raise RuntimeError("injected: no training in the launching process")
             if kind == "slow":
                 time.sleep(2)
         return _real_train_chunk(specs)

@@ -2,7 +2,10 @@
 
 A new store is built complete (every table, latest schema, WAL journal) in a temporary file of the
 same directory and hard-linked into place, so commands started at once never see a half-made schema;
-a leftover of an interrupted migration is dropped under a lock on the directory. A file that is not
+a leftover of an interrupted migration is dropped under a lock on the directory. MLflow's schema
+migrations (seconds) run once per schema revision on a machine: the first store built keeps an
+empty copy in the user's cache (``XOREXP_CACHE_DIR``, else ``$XDG_CACHE_HOME/xorexp`` or
+``~/.cache/xorexp``) that later new stores start from. A file that is not
 a database, truncated, locked for too long or of another MLflow schema is refused in one line, and a
 directory that is read-only or full fails a 4 KiB probe in milliseconds.
 """
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 LOCK_WAIT_S = 3.0  # how long opening waits for another process's write lock on a sqlite store
 BUSY_TIMEOUT_MS = 20_000  # sqlite busy timeout of every connection (MLflow's per-session value)
+CACHE_DIR_ENV = "XOREXP_CACHE_DIR"
 
 
 def _probe_directory(directory: Path, uri: str) -> None:
@@ -165,7 +169,8 @@ def _build_sqlite_store(target: Path, *, locked: bool = False) -> None:
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask's usual mode
     tmp_uri = f"{SQLITE_PREFIX}{tmp}"
     try:
-        with _quiet_migrations():
+        from_template = _copy_template(tmp)
+        with _quiet_migrations():  # MLflow migrates an empty file, adds experiment 0 to a template's
             SqlAlchemyStore(tmp_uri, (target.parent / ARTIFACTS_DIR).as_uri())
         engine = SqlAlchemyStore._engine_map.pop(tmp_uri, None)
         if engine is not None:
@@ -175,6 +180,8 @@ def _build_sqlite_store(target: Path, *, locked: bool = False) -> None:
             connection.execute("PRAGMA journal_mode=WAL")  # persists in the file
         finally:
             connection.close()  # the last connection: sqlite checkpoints and removes the -wal file
+        if not from_template:
+            _save_template(tmp)
         try:
             os.link(tmp, target)
         except FileExistsError:  # another process made it first: use theirs
@@ -187,6 +194,60 @@ def _build_sqlite_store(target: Path, *, locked: bool = False) -> None:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def _template_path() -> Path:
+    """Where this machine keeps an empty store of this MLflow's schema revision."""
+    base = os.environ.get(CACHE_DIR_ENV)
+    if not base:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "xorexp")
+    return Path(base) / f"empty-store-{_schema_revision()}.db"
+
+
+def _copy_template(target: Path) -> bool:
+    """Fill the new file ``target`` from the cached empty store, if there is a sound one (this
+    schema revision, every table, no experiment); False leaves ``target`` empty (MLflow migrates)."""
+    template = _template_path()
+    try:
+        connection = sqlite3.connect(f"{template.as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            [revision] = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            experiments = connection.execute("SELECT count(*) FROM experiments").fetchone()[0]
+        finally:
+            connection.close()
+        if not _schema_ready(tables, revision) or experiments:
+            return False
+        with open(template, "rb") as source, open(target, "wb") as copy:
+            copy.write(source.read())
+    except (sqlite3.Error, OSError, TypeError, ValueError):  # none yet, or unusable: migrate
+        with contextlib.suppress(OSError):
+            target.write_bytes(b"")
+        return False
+    return True
+
+
+def _save_template(store: Path) -> None:
+    """Keep an empty copy of the freshly migrated ``store`` (its experiments removed) as this
+    machine's template; best effort: a cache that cannot be written is left alone."""
+    template = _template_path()
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f".{template.name}.{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            tmp.write_bytes(store.read_bytes())
+            connection = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                connection.execute("DELETE FROM experiment_tags")
+                connection.execute("DELETE FROM experiments")
+            finally:
+                connection.close()
+            os.replace(tmp, template)  # whole or not at all, whoever writes it at the same time
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    except (sqlite3.Error, OSError):
+        log.debug("could not keep %s as a template of new stores", template, exc_info=True)
 
 
 def _finish_migration(path: Path) -> None:
@@ -252,9 +313,13 @@ def _repair_sqlite_store(path: Path, uri: str) -> None:
         )
 
 
-def _set_busy_timeout(dbapi_connection, _record) -> None:
+def _configure_connection(dbapi_connection, _record) -> None:
     if isinstance(dbapi_connection, sqlite3.Connection):
         dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # with the WAL journal a commit need not wait for the disk (it syncs at checkpoints): the
+        # store stays consistent, and only a power cut (not a crash) may lose its last commits
+        if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            dbapi_connection.execute("PRAGMA synchronous = NORMAL")
 
 
 def wait_when_busy() -> None:
@@ -264,8 +329,8 @@ def wait_when_busy() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    if not event.contains(Engine, "connect", _set_busy_timeout):
-        event.listen(Engine, "connect", _set_busy_timeout)
+    if not event.contains(Engine, "connect", _configure_connection):
+        event.listen(Engine, "connect", _configure_connection)
 
 
 def _use_wal(path: Path) -> None:

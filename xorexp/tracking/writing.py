@@ -18,6 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 from xorexp import provenance
 from xorexp.data import X, Y
 from xorexp.params import config_hash, result_params, run_name
-from xorexp.tracking import reading
+from xorexp.tracking import reading, sql_writer
 from xorexp.tracking.tags import (
     MODEL_NAME,
     PARAMS_ARTIFACT,
@@ -127,8 +128,21 @@ def start_run(
     """Create the MLflow run of one training run (RUNNING); returns its id.
 
     ``with_params=False`` leaves the params to ``log_result(..., params_logged=False)``, which logs
-    them with the metrics in one call: the same store content in one call less.
+    them with the metrics in one call: the same store content in one call less. (An SQL store gets
+    them at once either way: there they cost nothing more, see ``sql_writer``.)
     """
+    writer = sql_writer.writer_for(store)
+    if writer is not None:
+        created = writer.create(
+            run_name(spec), run_tags(spec, tags, parent_run_id), result_params(spec), _now_ms()
+        )
+        if created is not None:
+            run_id, artifact_uri = created
+            _remember_artifact_uri(run_id, artifact_uri)
+            _sql_started[run_id] = None
+            while len(_sql_started) > _ARTIFACT_URIS_KEPT:
+                _sql_started.popitem(last=False)
+            return run_id
     run = store.client.create_run(
         store.experiment_id, run_name=run_name(spec), tags=run_tags(spec, tags, parent_run_id)
     )
@@ -159,8 +173,14 @@ def log_result(
     """
     from mlflow.entities import RunTag
 
-    metrics = run_metrics(result, int(time.time() * 1000))
-    params = [] if params_logged else _params(result.spec)
+    metrics = run_metrics(result, _now_ms())
+    params = [] if params_logged or run_id in _sql_started else _params(result.spec)
+    writer = sql_writer.writer_for(store)
+    if writer is not None:  # an SQL store: the files, then every value and FINISHED in one transaction
+        _write_result_files(store, run_id, result, blobs, files, dirs, model)
+        outcome = {TAG_OUTCOME: result.outcome}
+        if writer.finish(run_id, metrics, {p.key: p.value for p in params}, outcome, "FINISHED", _now_ms()):
+            return
     outcome = [RunTag(TAG_OUTCOME, result.outcome)]
 
     def log_values() -> None:
@@ -168,6 +188,10 @@ def log_result(
         for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
             store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
 
+    if writer is not None:  # MLflow's path, for what the SQL writer would not vouch for
+        log_values()
+        finish_run(store, run_id, "FINISHED")
+        return
     # to a server, the values go while the artifacts upload (one request less in the run's chain)
     values = _request_pool().submit(log_values) if store_kind(store.uri) == "server" else None
     if values is None:
@@ -241,25 +265,56 @@ def log_files(
     """
     if not (files or figures or blobs or dirs):
         return
+    local = _local_artifact_dir(store, run_id)
+    if local is not None:  # the run's artifact folder is on this machine: written in place
+        _write_tree(local, files, figures, blobs, dirs)
+        return
     with tempfile.TemporaryDirectory(prefix="xorexp-") as tmp:
-        root = Path(tmp)
-        for rel, text in (files or {}).items():
-            _write(root / rel, text)
-        for rel, data in (blobs or {}).items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(data)
-        for rel, fig in (figures or {}).items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(root / rel)
-        for rel, local in (dirs or {}).items():
-            if Path(local).is_dir():
-                shutil.copytree(local, root / rel, dirs_exist_ok=True)
-        _upload(store, run_id, root)
+        _write_tree(Path(tmp), files, figures, blobs, dirs)
+        _upload(store, run_id, Path(tmp))
+
+
+def _write_tree(root: Path, files, figures, blobs, dirs) -> None:
+    """The artifacts as files under ``root`` (as MLflow copies them: contents, not permissions)."""
+    for rel, text in (files or {}).items():
+        _write(root / rel, text)
+    for rel, data in (blobs or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    for rel, fig in (figures or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(root / rel)
+    for rel, local in (dirs or {}).items():
+        if Path(local).is_dir():
+            shutil.copytree(local, root / rel, dirs_exist_ok=True, copy_function=shutil.copyfile)
+
+
+def _artifact_uri(store: Store, run_id: str) -> str:
+    artifact_uri = _artifact_uris.get(run_id)
+    return artifact_uri if artifact_uri is not None else reading.get_run(store, run_id).info.artifact_uri
+
+
+def _local_artifact_dir(store: Store, run_id: str) -> Path | None:
+    """The run's artifact folder when it is a local path MLflow would copy into (an embedded or
+    database store's ``file:`` or plain-path artifact location), else None (upload it)."""
+    if store_kind(store.uri) == "server":
+        return None
+    artifact_uri = _artifact_uri(store, run_id)
+    if urllib.parse.urlsplit(artifact_uri).scheme not in ("", "file"):
+        return None
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    return Path(local_file_uri_to_path(artifact_uri))
 
 
 UPLOAD_THREADS = 8  # a server's run: requests of one process in flight at once, at most
 _ARTIFACT_URIS_KEPT = 1024
 _artifact_uris: OrderedDict[str, str] = OrderedDict()  # run id -> artifact URI, of runs started here
+_sql_started: OrderedDict[str, None] = OrderedDict()  # runs started here by the SQL writer (params in)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _remember_artifact_uri(run_id: str, artifact_uri: str) -> None:
@@ -281,10 +336,7 @@ def _upload(store: Store, run_id: str, root: Path) -> None:
     first failure raises once every started upload is over (those not started are dropped)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    artifact_uri = _artifact_uris.get(run_id)
-    if artifact_uri is None:
-        artifact_uri = reading.get_run(store, run_id).info.artifact_uri
-    repo = get_artifact_repository(artifact_uri, tracking_uri=store.uri)
+    repo = get_artifact_repository(_artifact_uri(store, run_id), tracking_uri=store.uri)
     if store_kind(store.uri) != "server":
         repo.log_artifacts(str(root))
         return
