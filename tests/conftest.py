@@ -50,8 +50,8 @@ def store_uri(directory: Path) -> str:
     return f"sqlite:///{directory / 'mlflow.db'}"
 
 
-def runs_of(directory: Path, experiment: str = "xorexp", filter_string: str = ""):
-    client = MlflowClient(store_uri(directory))
+def runs_of(directory: Path, experiment: str = "xorexp", filter_string: str = "", uri: str | None = None):
+    client = MlflowClient(uri or store_uri(directory))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -107,12 +107,13 @@ def snapshot_differences(got: dict, expected: dict) -> list[str]:
     return lines
 
 
-def store_snapshot(directory: Path) -> dict:
+def store_snapshot(directory: Path, uri: str | None = None, filter_string: str = "") -> dict:
     """Per training run name: status, params, tags that do not depend on time or process, metrics,
-    the loss trace and predictions as exact hex floats, and the artifact paths (parents left out)."""
-    client = MlflowClient(store_uri(directory))
+    the loss trace and predictions as exact hex floats, and the artifact paths (parents left out).
+    ``uri``: another store than ``directory``'s sqlite file (``directory`` then holds downloads)."""
+    client = MlflowClient(uri or store_uri(directory))
     out = {}
-    for run in runs_of(directory):
+    for run in runs_of(directory, filter_string=filter_string, uri=uri):
         if run.data.tags.get("xorexp.role") == "sweep":
             continue
         run_id = run.info.run_id

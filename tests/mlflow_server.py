@@ -38,13 +38,16 @@ class Server:
         return self.process.pid  # start_new_session: the server leads its own process group
 
 
-def start_server(root: Path, *, backend: str | None = None, workers: int = 1) -> Server:
+def start_server(root: Path, *, backend: str | None = None, workers: int = 1,
+                 enter: Callable[[list[str]], list[str]] | None = None, port: int | None = None) -> Server:
     """``mlflow server`` on 127.0.0.1 at a free port; returns once ``/health`` answers.
 
     ``backend``: its backend store URI (default ``sqlite:///<root>/server.db``); artifacts always go
-    to ``<root>/artifacts``, served by the server."""
+    to ``<root>/artifacts``, served by the server. ``enter``: makes a command run in other namespaces
+    (e.g. ``LoopbackRayCluster.enter``: the server, and the probe of its health, run there), with
+    ``port`` then (free there)."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [
@@ -52,6 +55,8 @@ def start_server(root: Path, *, backend: str | None = None, workers: int = 1) ->
         "--port", str(port), "--backend-store-uri", backend or f"sqlite:///{root / 'server.db'}",
         "--artifacts-destination", str(root / "artifacts"),
     ]
+    if enter is not None:
+        command = enter(command)
     log = open(root / "server.log", "wb")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
@@ -61,15 +66,24 @@ def start_server(root: Path, *, backend: str | None = None, workers: int = 1) ->
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"mlflow server exited ({process.returncode}):\n{server_log(server)}")
-        try:
-            with urllib.request.urlopen(server.uri + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            pass
+        if _healthy(server.uri, enter):
+            return server
         time.sleep(0.2)
     stop_server(server)
     raise RuntimeError(f"mlflow server silent on /health for {STARTUP_TIMEOUT_S} s:\n{server_log(server)}")
+
+
+def _healthy(uri: str, enter: Callable[[list[str]], list[str]] | None) -> bool:
+    if enter is None:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+    probe = f"import urllib.request; urllib.request.urlopen({uri + '/health'!r}, timeout=2)"
+    done = subprocess.run(enter([sys.executable, "-c", probe]), capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    return done.returncode == 0
 
 
 def server_log(server: Server) -> str:

@@ -26,43 +26,71 @@ from tests.conftest import ROOT
 
 RAY_PORT = 6379  # inside the cluster's own network namespace, where nothing else listens
 
-# Imported by every Python process of the cluster; acts only in a process that imports xorexp.chunks
+# Imported by every Python process of the cluster; acts only in a process that imports a module of FAULTS.
+# Each fault wraps one function: every call is counted in <faults>/calls-<function>.log; an armed fault
+# (the file <faults>/<arm file> exists, holding the call number per process it fires at, default 1)
+# fires once: the process dies (os._exit, as if its machine were lost) or the call raises.
 WORKER_HOOK = '''
 import importlib.abc, importlib.util, os, sys
 
 FAULTS = os.environ.get("XOREXP_TEST_FAULTS")
+# module -> [(function, arm file, action)]
+POINTS = {
+    "xorexp.chunks": [("train_chunk", "arm", "exit")],
+    "xorexp.job": [("track", "arm-exit-track", "exit")],
+    "hydra_plugins.xorexp_vectorized_launcher._hydra_job": [("run_job", "arm-raise-job", "raise")],
+}
+CALLS = {}
 
 
-class _PatchChunks(importlib.abc.MetaPathFinder):
-    """After xorexp.chunks is imported, wrap its train_chunk: count calls; crash once when armed."""
+def _wrap(real, function, arm, action):
+    def wrapper(*args, **kwargs):
+        CALLS[function] = CALLS.get(function, 0) + 1
+        size = len(args[0]) if function == "train_chunk" else 1
+        with open(os.path.join(FAULTS, "calls.log" if function == "train_chunk" else f"calls-{function}.log"),
+                  "a") as calls:
+            calls.write(f"{os.getpid()} {size}\\n")
+        path = os.path.join(FAULTS, arm)
+        try:
+            at = int(open(path).read().strip() or 1)
+        except (OSError, ValueError):
+            return real(*args, **kwargs)
+        if CALLS[function] < at:
+            return real(*args, **kwargs)
+        try:  # atomic: one call of one sweep takes the fault
+            os.rename(path, os.path.join(FAULTS, "fired" if arm == "arm" else f"fired-{arm[4:]}"))
+        except FileNotFoundError:
+            return real(*args, **kwargs)
+        if action == "exit":
+            os._exit(1)
+        raise RuntimeError(f"injected fault in {function}")
+
+    return wrapper
+
+
+class _Patch(importlib.abc.MetaPathFinder):
+    """After a module of POINTS is imported, wrap its functions."""
 
     def find_spec(self, name, path, target=None):
-        if name != "xorexp.chunks" or not FAULTS:
+        if name not in POINTS or not FAULTS:
             return None
         sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
         run_module = spec.loader.exec_module
 
         def exec_module(module):
             run_module(module)
-            real = module.train_chunk
-
-            def train_chunk(specs):
-                with open(os.path.join(FAULTS, "calls.log"), "a") as calls:
-                    calls.write(f"{os.getpid()} {len(specs)}\\n")
-                try:  # atomic: one task of one sweep takes the fault
-                    os.rename(os.path.join(FAULTS, "arm"), os.path.join(FAULTS, "fired"))
-                except FileNotFoundError:
-                    return real(specs)
-                os._exit(1)  # the worker process dies mid-task, as if its machine were lost
-
-            module.train_chunk = train_chunk
+            for function, arm, action in POINTS[name]:
+                setattr(module, function, _wrap(getattr(module, function), function, arm, action))
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-sys.meta_path.insert(0, _PatchChunks())
+sys.meta_path.insert(0, _Patch())
 '''
 
 
@@ -79,8 +107,10 @@ class LoopbackRayCluster:
     which takes every process of the cluster with it, and checks that none is left.
     """
 
-    def __init__(self, workdir: Path, *, num_cpus: int = 2, object_store_bytes: int = 200_000_000) -> None:
+    def __init__(self, workdir: Path, *, num_cpus: int = 2, object_store_bytes: int = 200_000_000,
+                 root: Path = ROOT) -> None:
         self.workdir = workdir
+        self.root = root  # the checkout the cluster's workers and ``cli`` import xorexp from
         self.num_cpus = num_cpus
         self.object_store_bytes = object_store_bytes
         self.faults = workdir / "faults"
@@ -108,7 +138,7 @@ class LoopbackRayCluster:
             f"--object-store-memory={self.object_store_bytes}", "--include-dashboard=false",
             "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
         ]
-        env = ray_env(PYTHONPATH=f"{hooks}{os.pathsep}{ROOT}", XOREXP_TEST_FAULTS=str(self.faults))
+        env = ray_env(PYTHONPATH=f"{hooks}{os.pathsep}{self.root}", XOREXP_TEST_FAULTS=str(self.faults))
         self.log_path = self.workdir / "ray-head.log"
         with open(self.log_path, "w") as log:
             self.holder = subprocess.Popen(
@@ -132,6 +162,10 @@ class LoopbackRayCluster:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"the Ray cluster did not start in {timeout} s:\n{self.log_path.read_text()}")
+
+    def enter(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the cluster's namespaces (e.g. a server its workers can reach)."""
+        return self._enter(argv, None)
 
     def _enter(self, argv: list[str], cwd: Path | None) -> list[str]:
         wd = [f"--wd={cwd}"] if cwd is not None else []
@@ -191,14 +225,23 @@ class LoopbackRayCluster:
         path = self.faults / "calls.log"
         return path.read_text().splitlines() if path.is_file() else []
 
-    def cli(self, cwd: Path, *args: str, timeout: float = 600, sample_sockets: bool = False):
-        """``python -m xorexp args`` inside, on this cluster; (CompletedProcess-like, sockets seen)."""
+    def cli(self, cwd: Path, *args: str, timeout: float = 600, sample_sockets: bool = False,
+            private: Path | None = None):
+        """``python -m xorexp args`` inside, on this cluster; (CompletedProcess-like, sockets seen).
+
+        ``private``: a directory the command sees as an empty tmpfs of its own (a mount namespace of
+        its own), while the cluster's workers see the real one: as if they ran on another machine."""
         argv = [sys.executable, "-m", "xorexp", *args, "hydra.launcher.backend=ray",
                 f"hydra.launcher.ray.address={self.address}", f"hydra.sweep.dir={cwd}/multirun"]
+        if private is not None:
+            mount = 'mount -t tmpfs xorexp-private "$0" && exec "$@"'
+            argv = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", mount, str(private),
+                    *argv]
         out, err = cwd / "cli.out", cwd / "cli.err"
         seen: set[tuple[str, str, str]] = set()
         with open(out, "w") as stdout, open(err, "w") as stderr:
-            proc = self.popen(argv, cwd=cwd, env=ray_env(), stdout=stdout, stderr=stderr)
+            env = ray_env(PYTHONPATH=str(self.root))
+            proc = self.popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
             deadline = time.monotonic() + timeout
             while proc.poll() is None:
                 if time.monotonic() > deadline:
@@ -213,7 +256,14 @@ class LoopbackRayCluster:
 
 
 def ray_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    """The environment of the cluster and of every command run on it. ``RAY_AUTH_MODE=disabled``: Ray
+    2.60 turns token authentication on by itself in any process that finds ``~/.ray/auth_token`` when
+    the variable is unset, and any ``ray.init()`` on the machine may create that file: a cluster started
+    before it appeared then refused the sweep's driver ("InvalidAuthToken: Authentication token is
+    missing or incorrect", seen 2026-12-01 when another developer's Ray run made the file mid-suite).
+    The cluster is on loopback in its own network namespace: no authentication needed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
     return {**env, **extra}

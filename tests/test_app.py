@@ -68,7 +68,8 @@ def test_the_config_artifact_is_resolved(tmp_path):
 
     plain = OmegaConf.create({"lr": 0.5, "tracking": {"uri": None}})
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(plain))
-    assert resolved_yaml(plain, tmp_path) == OmegaConf.to_yaml(plain, resolve=True) == "lr: 0.5\ntracking:\n  uri: null\n"
+    expected = "lr: 0.5\ntracking:\n  uri: null\n"
+    assert resolved_yaml(plain, tmp_path) == OmegaConf.to_yaml(plain, resolve=True) == expected
 
     linked = OmegaConf.create({"lr": 0.5, "tracking": {"experiment": "lr${lr}"}})
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(linked))

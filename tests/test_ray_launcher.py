@@ -7,7 +7,9 @@ skip into a failure, see ``tests/conftest.py``).
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from hydra_plugins.xorexp_vectorized_launcher._ray_backend import (
     check_reachable,
 )
 from tests.conftest import free_port, run_cli, snapshot_differences, store_snapshot
+from tests.mlflow_server import start_server, stop_server
 from tests.ray_cluster import RAY_PORT, LoopbackRayCluster, is_loopback
 from xorexp.errors import Abort
 
@@ -135,3 +138,166 @@ def test_unreachable_address_fails_in_one_line(cluster, tmp_path):
         "(Connection refused); start one with `ray start --head --port=PORT` or fix the address"
     ], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---- a tracking server: the Ray tasks log their own runs ------------------------------------------
+
+SERVER_SWEEP = ["-m", "seed=range(0,20)", "lr=0.5,3", "iterations=500", "hydra.launcher.chunk_size=50"]
+N_SERVER_RUNS = 40  # in tasks of 16, 16 and 8 runs (2 CPUs: at least 16 runs a task)
+SERVER_PORT = 5757  # inside the cluster's network namespace, where only Ray listens
+STATE = """
+import json, sys
+from pathlib import Path
+from mlflow import MlflowClient
+from tests.conftest import runs_of, store_snapshot
+where, uri, experiment, parent_id = sys.argv[1:]
+only = f"tags.mlflow.parentRunId = '{parent_id}'"
+parent = MlflowClient(uri).get_run(parent_id)
+def row(run):
+    tags = run.data.tags
+    return {"name": run.info.run_name, "status": run.info.status, "pid": tags.get("xorexp.pid"),
+            "hash": tags.get("xorexp.config_hash"), "parent": tags.get("mlflow.parentRunId")}
+print(json.dumps({
+    "parent": {"status": parent.info.status, **parent.data.tags},
+    "children": [row(run) for run in runs_of(Path(where), experiment, only, uri=uri)],
+    "experiment": [row(run) for run in runs_of(Path(where), experiment, uri=uri)
+                   if run.data.tags.get("xorexp.role") != "sweep"],
+    "snapshot": store_snapshot(Path(where), uri=uri, filter_string=only) if experiment == "xorexp" else None,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def server(cluster, tmp_path_factory):
+    """A real ``mlflow server`` inside the cluster's namespaces (the workers reach it on 127.0.0.1)."""
+    started = start_server(tmp_path_factory.mktemp("server"), enter=cluster.enter, port=SERVER_PORT)
+    yield started
+    stop_server(started)
+
+
+def server_state(cluster, server, where: Path, experiment: str = "xorexp") -> dict:
+    """The sweep launched in ``where``: its parent's tags, its children, the experiment's runs and
+    (experiment xorexp) the children's store snapshot, read through the server from inside."""
+    parent_id = json.loads((where / "multirun" / "xorexp_parent_run.json").read_text())["run_id"]
+    (where / "dl").mkdir(exist_ok=True)
+    proc = cluster.run([sys.executable, "-c", STATE, str(where / "dl"), server.uri, experiment, parent_id],
+                       cwd=where, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def fault_log(cluster, name: str) -> list[str]:
+    path = cluster.faults / name
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def clear_faults(cluster) -> None:
+    for path in cluster.faults.iterdir():
+        path.unlink()
+
+
+@pytest.fixture(scope="module")
+def server_local_snapshot(cluster, server, tmp_path_factory):
+    """The same sweep to the same server under the local backend (2 worker processes, no Ray)."""
+    where = tmp_path_factory.mktemp("server-local")
+    argv = [sys.executable, "-m", "xorexp", *SERVER_SWEEP, f"tracking.uri={server.uri}",
+            f"hydra.sweep.dir={where}/multirun"]
+    proc = cluster.run(argv, cwd=where, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return server_state(cluster, server, where)["snapshot"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_tasks_log_their_runs_to_a_server(cluster, server, server_local_snapshot, tmp_path):
+    clear_faults(cluster)
+    proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}")
+    assert proc.returncode == 0, proc.stderr
+    state = server_state(cluster, server, tmp_path)
+    assert len(state["snapshot"]) == N_SERVER_RUNS
+    assert snapshot_differences(state["snapshot"], server_local_snapshot) == []  # bits, tags, artifacts
+    workers = {line.split()[0] for line in fault_log(cluster, "calls.log")}
+    writers = {run["pid"] for run in state["children"]}
+    assert len(state["children"]) == N_SERVER_RUNS
+    assert writers <= workers and len(writers) >= 2, (writers, workers)  # the tasks wrote, in parallel
+    assert state["parent"]["xorexp.pid"] not in writers  # not the launching process
+    # the sweep's end read every job's record: summary and best run on the parent, which FINISHED
+    assert state["parent"]["status"] == "FINISHED"
+    assert state["parent"]["xorexp.best_run_id"]
+    records = list((tmp_path / "multirun").rglob("xorexp_job.json"))
+    assert len(records) == N_SERVER_RUNS
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_task_that_raises_fails_its_jobs_only_and_a_resume_trains_them(cluster, server, tmp_path):
+    clear_faults(cluster)
+    (cluster.faults / "arm-raise-job").write_text("2")  # a task raises at its second job
+    first, again = tmp_path / "first", tmp_path / "again"
+    first.mkdir()
+    again.mkdir()
+    proc, _ = cluster.cli(first, *SERVER_SWEEP, f"tracking.uri={server.uri}", "tracking.experiment=raise")
+    assert proc.returncode == 1, proc.stderr
+    assert (cluster.faults / "fired-raise-job").exists()
+    state = server_state(cluster, server, first, "raise")
+    children = state["children"]
+    assert len(children) == N_SERVER_RUNS == len({run["name"] for run in children})  # one run per job
+    failed = [run for run in children if run["status"] == "FAILED"]
+    finished = [run for run in children if run["status"] == "FINISHED"]
+    assert len(failed) in (15, 7), failed  # the task's jobs but the first, which it had ended
+    assert len(failed) + len(finished) == N_SERVER_RUNS
+    assert {run["pid"] for run in failed} == {state["parent"]["xorexp.pid"]}  # ended FAILED here
+    said = "its Ray task failed: RuntimeError: injected fault in run_job"
+    lines = [line for line in proc.stderr.splitlines() if said in line]
+    assert len(lines) == min(10, len(failed)), proc.stderr  # every failed job reported, by the progress
+    assert state["parent"]["status"] == "FAILED"
+
+    proc, _ = cluster.cli(again, *SERVER_SWEEP, f"tracking.uri={server.uri}", "tracking.experiment=raise",
+                          "tracking.skip_finished=true")
+    assert proc.returncode == 0, proc.stderr
+    state = server_state(cluster, server, again, "raise")
+    assert state["parent"]["xorexp.reused_runs"] == str(len(finished))
+    assert len(state["children"]) == len(failed) and {r["status"] for r in state["children"]} == {"FINISHED"}
+    per_config = {}
+    for run in state["experiment"]:
+        per_config.setdefault(run["hash"], []).append(run["status"])
+    assert len(per_config) == N_SERVER_RUNS
+    assert all(statuses.count("FINISHED") == 1 for statuses in per_config.values()), per_config
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_worker_lost_mid_job_finishes_that_run_on_retry(cluster, server, server_local_snapshot, tmp_path):
+    clear_faults(cluster)
+    (cluster.faults / "arm-exit-track").write_text("2")  # a worker dies logging its second job
+    proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}")
+    assert proc.returncode == 0, proc.stderr
+    assert (cluster.faults / "fired-exit-track").exists()
+    # every job logged once, but the one whose worker died, logged again by the retry (its first job,
+    # FINISHED before the death, is not: its record says so)
+    assert len(fault_log(cluster, "calls-track.log")) == N_SERVER_RUNS + 1
+    state = server_state(cluster, server, tmp_path)
+    assert len(state["children"]) == N_SERVER_RUNS  # no second run for any job
+    assert snapshot_differences(state["snapshot"], server_local_snapshot) == []
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_tasks_on_another_machine_send_their_job_files_back(cluster, server, tmp_path):
+    """The launching process's sweep dir is a private tmpfs, the tasks write theirs on the disk: as if
+    they ran on another machine. They still find the parent run (sent with them), and the launching
+    process gets every job's record (sent back) for the sweep's summary."""
+    clear_faults(cluster)
+    (tmp_path / "multirun").mkdir()
+    proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}", "tracking.experiment=apart",
+                          private=tmp_path / "multirun")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    # the tasks' side of the disk: the parent record they were given, the job dirs they wrote
+    assert (tmp_path / "multirun" / "xorexp_parent_run.json").is_file()
+    assert not (tmp_path / "multirun" / "xorexp.log").exists()  # the launching process's file: not here
+    assert len(list((tmp_path / "multirun").rglob("xorexp_job.json"))) == N_SERVER_RUNS
+    state = server_state(cluster, server, tmp_path, "apart")
+    assert len(state["children"]) == N_SERVER_RUNS  # the runs are the parent's children
+    assert {run["status"] for run in state["children"]} == {"FINISHED"}
+    assert state["parent"]["status"] == "FINISHED"  # the summary found all 40 job records
+    assert "left no run" not in proc.stdout

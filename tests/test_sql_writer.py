@@ -15,7 +15,9 @@ TIME_TAGS = ("xorexp.pid",)
 
 def log_one(uri: str, result, *, with_params: bool, experiment: str = "rows") -> str:
     store = open_store(uri, experiment)
-    run_id = writing.start_run(store, result.spec, tags={"xorexp.overrides": "lr=0.5"}, with_params=with_params)
+    run_id = writing.start_run(
+        store, result.spec, tags={"xorexp.overrides": "lr=0.5"}, with_params=with_params
+    )
     writing.log_result(
         store, run_id, result, files={"config.yaml": "lr: 0.5\n"}, params_logged=with_params, model=False
     )
@@ -31,7 +33,9 @@ def rows(uri: str, run_id: str) -> dict[str, list[tuple]]:
     try:
         with engine.connect() as connection:
             for table in TABLES:
-                result = connection.execute(sqlalchemy.text(f"SELECT * FROM {table} WHERE run_uuid = :id"), {"id": run_id})
+                result = connection.execute(
+                    sqlalchemy.text(f"SELECT * FROM {table} WHERE run_uuid = :id"), {"id": run_id}
+                )
                 found = []
                 for row in result.mappings():
                     record = dict(row)
@@ -40,7 +44,9 @@ def rows(uri: str, run_id: str) -> dict[str, list[tuple]]:
                         if record.get(key) is not None:
                             record[key] = "TIME"
                     if table == "runs":
-                        record["artifact_uri"] = record["artifact_uri"].replace(run_id, "RUN").split("/mlartifacts/")[1]
+                        record["artifact_uri"] = (
+                            record["artifact_uri"].replace(run_id, "RUN").split("/mlartifacts/")[1]
+                        )
                     if table == "tags" and record["key"] in TIME_TAGS:
                         record["value"] = "PID"
                     found.append(tuple(sorted(record.items())))
@@ -73,8 +79,11 @@ def result():
 def test_a_run_has_the_rows_mlflow_writes(tmp_path, monkeypatch, result, with_params):
     (tmp_path / "fast").mkdir(), (tmp_path / "mlflow").mkdir()
     reference = compare_with_mlflow(
-        f"sqlite:///{tmp_path / 'fast' / 'mlflow.db'}", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
-        result, monkeypatch, with_params=with_params,
+        f"sqlite:///{tmp_path / 'fast' / 'mlflow.db'}",
+        f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+        result,
+        monkeypatch,
+        with_params=with_params,
     )
     # the trace, final_loss, accuracy, steps and (it solved) solved_at
     assert result.solved_at is not None
@@ -82,8 +91,16 @@ def test_a_run_has_the_rows_mlflow_writes(tmp_path, monkeypatch, result, with_pa
     assert len(reference["params"]) == 6
     assert dict(row for row in reference["runs"][0])["status"] == "FINISHED"
     # the artifacts are the same files
-    fast_files = sorted(p.relative_to(tmp_path / "fast" / "mlartifacts").parts[2:] for p in (tmp_path / "fast" / "mlartifacts").rglob("*") if p.is_file())
-    mlflow_files = sorted(p.relative_to(tmp_path / "mlflow" / "mlartifacts").parts[2:] for p in (tmp_path / "mlflow" / "mlartifacts").rglob("*") if p.is_file())
+    fast_files = sorted(
+        p.relative_to(tmp_path / "fast" / "mlartifacts").parts[2:]
+        for p in (tmp_path / "fast" / "mlartifacts").rglob("*")
+        if p.is_file()
+    )
+    mlflow_files = sorted(
+        p.relative_to(tmp_path / "mlflow" / "mlartifacts").parts[2:]
+        for p in (tmp_path / "mlflow" / "mlartifacts").rglob("*")
+        if p.is_file()
+    )
     assert fast_files == mlflow_files and fast_files
 
 
@@ -95,7 +112,12 @@ def test_the_latest_value_of_a_key_is_mlflows_latest(tmp_path):
     writer = sql_writer.writer_for(store)
     assert writer is not None
     run_id, _ = writer.create("r", {}, {}, 1000)
-    metrics = [Metric("m", 3.0, 10, 2), Metric("m", 1.0, 20, 2), Metric("m", 9.0, 5, 1), Metric("m", 1.0, 20, 2)]
+    metrics = [
+        Metric("m", 3.0, 10, 2),
+        Metric("m", 1.0, 20, 2),
+        Metric("m", 9.0, 5, 1),
+        Metric("m", 1.0, 20, 2),
+    ]
     assert writer.finish(run_id, metrics, {}, {}, "FINISHED", 2000)
     run = store.client.get_run(run_id)
     assert run.data.metrics == {"m": 1.0}  # step 2, timestamp 20 beats step 2, timestamp 10

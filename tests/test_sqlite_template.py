@@ -17,7 +17,9 @@ from xorexp.train import RunSpec, train
 def schema(db: Path) -> list[tuple]:
     connection = sqlite3.connect(db)
     try:
-        return sorted(connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+        return sorted(
+            connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        )
     finally:
         connection.close()
 
@@ -45,7 +47,9 @@ def test_the_first_store_keeps_a_template_that_the_next_ones_start_from(tmp_path
     store = open_store(f"sqlite:///{second / 'mlflow.db'}", "exp")
     assert template.stat().st_mtime_ns == saved  # used, not made again
     assert schema(second / "mlflow.db") == schema(first / "mlflow.db")
-    assert rows(second / "mlflow.db", "SELECT experiment_id, name, artifact_location FROM experiments ORDER BY 1") == [
+    assert rows(
+        second / "mlflow.db", "SELECT experiment_id, name, artifact_location FROM experiments ORDER BY 1"
+    ) == [
         (0, "Default", (second / "mlartifacts" / "0").as_uri()),
         (1, "exp", (second / "mlartifacts" / "exp").as_uri()),
     ]
@@ -76,7 +80,9 @@ def test_an_unsound_template_is_replaced_by_a_migrated_store(tmp_path, monkeypat
     made.mkdir()
     open_store(f"sqlite:///{made / 'mlflow.db'}", "exp")
     assert schema(made / "mlflow.db") == schema(reference / "mlflow.db")
-    assert rows(made / "mlflow.db", "SELECT version_num FROM alembic_version") == [(sqlite._schema_revision(),)]
+    assert rows(made / "mlflow.db", "SELECT version_num FROM alembic_version") == [
+        (sqlite._schema_revision(),)
+    ]
     assert rows(template, "SELECT version_num FROM alembic_version") == [(sqlite._schema_revision(),)]
 
 
@@ -86,4 +92,7 @@ def test_a_cache_that_cannot_be_written_only_means_migrating(tmp_path, monkeypat
     monkeypatch.setenv(sqlite.CACHE_DIR_ENV, str(blocker / "cache"))
     store = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
     assert store.experiment_id == "1"
-    assert rows(tmp_path / "mlflow.db", "SELECT name FROM experiments ORDER BY experiment_id") == [("Default",), ("exp",)]
+    assert rows(tmp_path / "mlflow.db", "SELECT name FROM experiments ORDER BY experiment_id") == [
+        ("Default",),
+        ("exp",),
+    ]

@@ -43,7 +43,7 @@ def test_grid_sweep_has_one_parent_and_a_summary_matching_its_children(tmp_path)
     assert parent.info.status == "FINISHED"
     assert len(children) == 12
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    # the launching process's log of the sweep kept its lines (the launcher's logging set-up once dropped them)
+    # the launching process's log of the sweep keeps its lines (the launchers' logging set-up dropped them)
     sweep_log = (tmp_path / "multirun" / "xorexp.log").read_text()
     assert "Launching 12 jobs" in sweep_log
     assert sum(f"run {c.info.run_id}" in sweep_log for c in children) == 12

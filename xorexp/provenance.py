@@ -43,6 +43,7 @@ ENGINE_UFUNCS = ("exp", "log", "divide", "add", "subtract", "multiply", "negativ
 COMMAND_ENV = "XOREXP_COMMAND"  # the launching process's command, inherited by its worker processes
 MAX_TAG = 5000  # MLflow tag values hold 8,000 characters
 MAX_DIFF_BYTES = 5_000_000
+_adopted_command: str | None = None  # a launcher's task process: its launching process's command
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ def _version(distribution: str) -> str:
 
 def command() -> str:
     """The command line of the launching process (a worker process reports its launcher's)."""
+    if _adopted_command is not None:
+        return _adopted_command
     inherited = os.environ.get(COMMAND_ENV)
     if inherited and multiprocessing.parent_process() is not None:
         return inherited
@@ -107,6 +110,14 @@ def command() -> str:
         argv = ["python", *sys.argv]
     text = shlex.join(argv)
     return text if len(text) <= MAX_TAG else text[: MAX_TAG - 3] + "..."
+
+
+def adopt_command(text: str) -> None:
+    """This process runs jobs of the launching process whose command is ``text`` without being its
+    child (a Ray task's worker): its runs' ``xorexp.command`` is that command, not the worker's."""
+    global _adopted_command
+    _adopted_command = text
+    process_command.cache_clear()
 
 
 def numpy_build() -> dict[str, str]:

@@ -15,8 +15,12 @@ Where that happens depends on the sweep and the backend:
 - ``backend=local`` (default): each worker process takes chunks of jobs and does all three steps
   for them, Hydra's job machinery and MLflow logging included (the store is an existing one by
   then: the sweep callback created it; sqlite takes a few concurrent writers);
-- ``backend=ray``: Ray tasks only train chunks and render plots; results come back here and only
-  this process runs the jobs and writes to the store.
+- ``backend=ray`` with a tracking server (``http(s)://``): each Ray task does all three steps for its
+  chunk's jobs and logs their runs to the server itself, as a local worker does; what comes back is
+  the JobReturns, the jobs' progress events and their job dirs' small files (written here when
+  missing: the tasks may run on other machines);
+- ``backend=ray`` with any other store (sqlite: one writer): Ray tasks only train chunks and render
+  plots; results come back here and only this process runs the jobs and writes to the store.
 
 Failure paths: a chunk whose training raises fails each of its jobs alone (a FAILED run each); a
 worker process that dies fails the jobs it had not finished (their records say which); a failing
@@ -28,6 +32,7 @@ exit by themselves when this process is gone (e.g. ``kill -9``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -45,13 +50,14 @@ from pathlib import Path
 import cloudpickle
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
-from xorexp import chunks, progress, train_ahead
+from xorexp import chunks, parent_run, progress, provenance, train_ahead
 from xorexp.background import Background
-from xorexp.errors import fail
-from xorexp.job import Handover, handing_over
+from xorexp.errors import Abort, fail
+from xorexp.job import JOB_RECORD, Handover, handing_over
 from xorexp.params import run_name
+from xorexp.tracking.uri import resolve_uri, store_kind
 from xorexp.train import RunSpec, plan_batches
 
 from . import _hydra_job
@@ -62,6 +68,7 @@ log = logging.getLogger(__name__)
 RENDER_BATCH = 25  # runs per plot-rendering task (ray backend)
 MIN_RUNS_FOR_WORKERS = train_ahead.MIN_RUNS  # below: no workers (costs more than it saves), trained ahead
 TASKS_PER_WORKER = 4  # local backend: jobs go to workers in about this many chunks per worker
+MAX_RETURNED_FILE = 1_000_000  # bytes: a job dir's files a Ray task sends back (yamls, log, record)
 STOP_WAIT_S = 3.0  # how long stopped workers get before they are killed
 PARENT_POLL_S = 0.5  # how often a worker checks that the launching process is alive
 BACKENDS = ("local", "ray")
@@ -152,6 +159,7 @@ class JobRunner:
         self.composer = composer
         self.logs = _hydra_job.JobLogs()
         self.background = Background()
+        self.output_dir: str | None = None  # of the last xorexp job run
 
     def run_all(self, batch: list[Job], results: list) -> dict[int, JobReturn]:
         """Run jobs whose results (or per-run errors) are known: ``results[i]`` is a RunResult,
@@ -179,8 +187,10 @@ class JobRunner:
     def run(self, job: Job, handover: Handover) -> JobReturn:
         log.debug(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
         configs = self.composer.job_configs(job.planned, job.idx)
+        self.output_dir = None
         with handing_over(handover):
             ret = _hydra_job.run_job(self.hydra_context, self.task_function, configs, self.logs)
+        self.output_dir = str(configs.config.hydra.runtime.output_dir)
         # A sweep keeps every job's JobReturn until it ends (up to config.MAX_JOBS of them): with its
         # two configs, ~250 kB each (a 10,000-run sweep's launching process peaked at 2.8 GB). An
         # xorexp job's configs are in its job dir (.hydra/) and its run already, and its callbacks have
@@ -247,6 +257,13 @@ def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
     once and keeps its runner (and so its logging) for the next chunks of the same launch. The
     returned JobReturns go back the same way (cloudpickled list of (job index, JobReturn)).
     """
+    runner = _runner_for(context)
+    returns = runner.run_all(batch, _train(batch))
+    return cloudpickle.dumps(list(returns.items()))
+
+
+def _runner_for(context: bytes) -> JobRunner:
+    """The worker's runner of the launch whose context this is (made at its first chunk)."""
     global _worker_runner
     if _worker_runner is None or _worker_runner[0] != context:
         singleton_state, hydra_context, task_function, composer = cloudpickle.loads(context)
@@ -255,9 +272,7 @@ def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
         master = composer.master_config
         configure_log(master.hydra.hydra_logging, master.hydra.verbose)
         _worker_runner = (context, JobRunner(hydra_context, task_function, composer))
-    runner = _worker_runner[1]
-    returns = runner.run_all(batch, _train(batch))
-    return cloudpickle.dumps(list(returns.items()))
+    return _worker_runner[1]
 
 
 def _launch_on_processes(
@@ -364,29 +379,196 @@ def _thread_env(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-# ---- backend "ray": tasks compute, this process runs the jobs and logs ----------------------------
+# ---- backend "ray": tasks run whole jobs (a server), or compute while this process logs (sqlite) ---
 
 
 def _launch_on_ray(launcher, jobs: list[Job], runner: JobRunner, chunk_size: int) -> dict[int, JobReturn]:
     from ._ray_backend import RayExecutor
 
+    executor = RayExecutor(launcher.ray)
+    stopped = True  # until the launch ends normally: tasks still running are cancelled
+    try:
+        if _logs_in_tasks(runner.composer.master_config):
+            returns = _jobs_on_ray(executor, launcher, jobs, runner, chunk_size)
+        else:
+            returns = _chunks_on_ray(executor, jobs, runner, chunk_size)
+        stopped = False
+        return returns
+    finally:
+        executor.shutdown(cancel=stopped)
+
+
+def _store_uri(master) -> str | None:
+    """The sweep's store (the parent run's record has it, as opened), None if there is none."""
+    parent = parent_run.read(str(master.hydra.sweep.dir))
+    if parent is not None:
+        return parent.tracking_uri
+    uri = OmegaConf.select(master, "tracking.uri", default=None)
+    return resolve_uri(uri, str(master.hydra.runtime.cwd)) if "tracking" in master else None
+
+
+def _logs_in_tasks(master) -> bool:
+    """Whether Ray tasks log their own runs: with a tracking server (many writers at once). With
+    sqlite (one writer at a time) and direct databases (artifacts on the launching machine's disk),
+    this process logs them."""
+    uri = _store_uri(master)
+    return uri is not None and store_kind(uri) == "server"
+
+
+def _chunks_on_ray(executor, jobs: list[Job], runner: JobRunner, chunk_size: int) -> dict[int, JobReturn]:
+    """Tasks train the chunks and render the plots; this process runs every job and logs."""
     plan = plan_batches([job.spec for job in jobs], chunk_size)
     returns: dict[int, JobReturn] = {}
-    executor = RayExecutor(launcher.ray)
-    try:
-        trained = [executor.submit(chunks.train_chunk, [jobs[i].spec for i in members]) for members in plan]
-        for members, future in zip(plan, trained, strict=True):
-            batch = [jobs[i] for i in members]
-            try:
-                results = future.result()
-            except Exception as error:  # retries exhausted: each job of the chunk fails alone
-                results = [_failure("training the chunk failed", error)] * len(batch)
-            else:
-                results = list(zip(results, _render_on_ray(executor, results), strict=True))
-            returns.update(runner.run_all(batch, results))
-    finally:
-        executor.shutdown()
+    trained = [executor.submit(chunks.train_chunk, [jobs[i].spec for i in members]) for members in plan]
+    for members, future in zip(plan, trained, strict=True):
+        batch = [jobs[i] for i in members]
+        try:
+            results = future.result()
+        except Exception as error:  # retries exhausted: each job of the chunk fails alone
+            results = [_failure("training the chunk failed", error)] * len(batch)
+        else:
+            results = list(zip(results, _render_on_ray(executor, results), strict=True))
+        returns.update(runner.run_all(batch, results))
     return returns
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """What a Ray task needs besides the context: the launching process's working dir (relative
+    sweep dirs are relative to it), its command (the runs' ``xorexp.command``) and the sweep's
+    parent record (written in the sweep dir when the task's machine has none)."""
+
+    cwd: str
+    command: str
+    sweep_dir: str
+    parent_record: str | None
+
+
+def _jobs_on_ray(
+    executor, launcher, jobs: list[Job], runner: JobRunner, chunk_size: int
+) -> dict[int, JobReturn]:
+    """Each task trains its chunk and runs its jobs, logging included (``run_jobs_in_task``)."""
+    from ._ray_backend import task_error
+
+    master = runner.composer.master_config
+    n_workers = executor.cpus()
+    task_size = max(MIN_RUNS_FOR_WORKERS, math.ceil(len(jobs) / (n_workers * TASKS_PER_WORKER)))
+    plan = plan_batches([job.spec for job in jobs], min(chunk_size, task_size))
+    sweep_dir = str(master.hydra.sweep.dir)
+    record = Path(sweep_dir) / parent_run.FILE_NAME
+    setup = TaskSetup(
+        cwd=os.getcwd(),
+        command=provenance.process_command(),
+        sweep_dir=sweep_dir,
+        parent_record=record.read_text() if record.is_file() else None,
+    )
+    context = executor.put(cloudpickle.dumps(
+        (Singleton.get_state(), launcher.hydra_context, launcher.task_function, runner.composer)
+    ))
+    batches: dict[Future, list[Job]] = {}
+    for members in plan:
+        batch = [jobs[i] for i in members]
+        batches[executor.submit(run_jobs_in_task, context, setup, batch)] = batch
+    returns: dict[int, JobReturn] = {}
+    pending = set(batches)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            batch = batches[future]
+            try:
+                ended, abort = future.result()
+            except Exception as error:  # the task raised, or its worker died more than max_retries times
+                why = _failure("its Ray task failed", task_error(error))
+                for job in batch:  # here, each job whose run the task did not end ends FAILED
+                    events: list = []
+                    with progress.feeding(lambda *event, into=events: into.append(event)):
+                        returns[job.idx] = runner.run(job, Handover(job.spec, error=why[1]))
+                    _report(job, events, runner.output_dir)
+                continue
+            by_idx = {job.idx: job for job in batch}
+            for idx, ret, events, output_dir, files in ended:
+                _write_missing(output_dir, files)
+                _report(by_idx[idx], events, output_dir)
+                returns[idx] = ret
+            if abort is not None:  # the store failed in the task: stop the sweep
+                raise Abort(*abort)
+    return returns
+
+
+def run_jobs_in_task(context: bytes, setup: TaskSetup, batch: list[Job]) -> tuple[list, tuple | None]:
+    """Ray task side: train the chunk, run its jobs through Hydra's job machinery and log their runs,
+    in the launching process's working dir. Returns, per job that ended, (job index, JobReturn,
+    its progress events, its output dir, its job dir's small files), and the (message, status) of
+    an ``Abort`` (the store failed) that stopped the task, else None.
+
+    Run again by Ray when its worker died (``max_retries``): a job whose record (``xorexp_job.json``
+    in its job dir) says its run ended returns at once, one that had started its run finishes that
+    run (``job.run_tracked``), so a job never gets a second run on the same machine.
+    """
+    provenance.adopt_command(setup.command)
+    previous = os.getcwd()
+    Path(setup.cwd).mkdir(parents=True, exist_ok=True)
+    os.chdir(setup.cwd)
+    ended: list = []
+    try:
+        runner = _runner_for(context)
+        if setup.parent_record is not None:
+            record = Path(setup.sweep_dir) / parent_run.FILE_NAME
+            if not record.is_file():  # another machine: the jobs find their parent run there
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text(setup.parent_record)
+        for job, result in zip(batch, _train(batch), strict=True):
+            events: list = []
+            with progress.feeding(lambda *event, into=events: into.append(event)):
+                try:
+                    ret = runner.run_all([job], [result])[job.idx]
+                except Abort as abort:
+                    return ended, (abort.message, abort.status)
+            ended.append((job.idx, ret, events, runner.output_dir, _small_files(runner.output_dir)))
+    finally:
+        os.chdir(previous)
+    return ended, None
+
+
+def _small_files(output_dir: str | None) -> dict[str, bytes]:
+    """A job dir's files (``.hydra/*.yaml``, the job log, the job record) by relative path."""
+    if output_dir is None:
+        return {}
+    root = Path(output_dir)
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.stat().st_size <= MAX_RETURNED_FILE
+    }
+
+
+def _write_missing(output_dir: str | None, files: dict[str, bytes]) -> None:
+    """A task's job dir files that this machine lacks (the task ran on another one)."""
+    if output_dir is None:
+        return
+    for relative, data in files.items():
+        path = Path(output_dir) / relative
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+
+def _report(job: Job, events: list, output_dir: str | None) -> None:
+    """The job's end into this process's progress: its events, or (none: an earlier attempt of its
+    task ended it, and those events were lost with that attempt) what its job record says."""
+    for outcome, failed, message in events:
+        progress.job_ended(outcome, failed=failed, message=message)
+    if events or output_dir is None:
+        return
+    try:
+        record = json.loads((Path(output_dir) / JOB_RECORD).read_text())
+    except (OSError, ValueError):
+        record = {}
+    failed = record.get("status") != "FINISHED"
+    message = None
+    if failed:
+        message = f"job #{job.idx} failed (run {record.get('run_id')}; full log in {output_dir})"
+    progress.job_ended(record.get("outcome"), failed=failed, message=message)
 
 
 def _render_on_ray(executor, results: list) -> list:

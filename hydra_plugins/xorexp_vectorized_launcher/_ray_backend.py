@@ -1,15 +1,17 @@
 """The ``ray`` backend of the vectorized launcher: chunks run as tasks on an existing Ray cluster.
 
-Workers only compute (``chunks.train_chunk``, ``chunks.render_many``: NumPy and matplotlib); every
-result comes back to the launching process, which alone writes to the store. A task whose worker
-process dies is run again by Ray (``max_retries``), so a lost worker loses no run; an exception
-raised by the task itself is not retried (it would fail the same way) and fails its chunk alone.
+With a sqlite store, workers only compute (``chunks.train_chunk``, ``chunks.render_many``: NumPy and
+matplotlib); every result comes back to the launching process, which alone writes to the store. With a
+tracking server, each task runs its chunk's whole jobs and logs their runs itself (``_core``). A task
+whose worker process dies is run again by Ray (``max_retries``), so a lost worker loses no run; an
+exception raised by the task itself is not retried (it would fail the same way) and fails its chunk alone.
 
 The workers import ``xorexp`` by name: on the machine of the launching process Ray gives them its
 ``sys.path``; on the other machines of a cluster xorexp must be installed (same version, same Python
 and Ray) unless ``runtime_env`` ships it (e.g. ``{"py_modules": ["/path/to/xorexp"]}``).
 
-Only Ray's public API is used: ``ray.init``, ``ray.remote``, ``ObjectRef.future()``, ``ray.shutdown``.
+Only Ray's public API is used: ``ray.init``, ``ray.remote``, ``ray.put``, ``ObjectRef.future()``,
+``ray.cancel``, ``ray.wait``, ``ray.cluster_resources``, ``ray.shutdown``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ except ImportError:  # an optional extra: report it in one line when the backend
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0  # to reach the cluster's address before handing it to Ray
+CANCEL_WAIT_S = 5.0  # how long cancelled tasks get to be stopped before this process disconnects
 
 
 class RayBackendError(RuntimeError):
@@ -92,6 +95,7 @@ class RayExecutor:
             fail(error)
         self.max_retries = int(_field(conf, "max_retries", 3))
         self._remote: dict[Callable, Any] = {}
+        self._refs: list[Any] = []  # every task submitted, to cancel those left at an early stop
 
     @staticmethod
     def check(conf: Any) -> str:
@@ -134,12 +138,44 @@ class RayExecutor:
         remote = self._remote.get(fn)
         if remote is None:
             remote = self._remote[fn] = ray.remote(max_retries=self.max_retries)(fn)
-        return remote.remote(*args).future()
+        ref = remote.remote(*args)
+        self._refs.append(ref)
+        return ref.future()
 
-    def shutdown(self) -> None:
-        """Disconnect this process from the cluster; the cluster keeps running."""
+    def put(self, value: Any) -> Any:
+        """``value`` in the cluster's object store once; pass the returned ref to many tasks."""
+        return ray.put(value)
+
+    def cpus(self) -> int:
+        """The cluster's CPUs (at least 1)."""
+        try:
+            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        except Exception:
+            return 1
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Disconnect this process from the cluster; the cluster keeps running. ``cancel``: the
+        launch stops early: tasks not done yet are stopped first (their worker processes killed,
+        so none writes a run after this process has ended the sweep's runs)."""
+        if cancel:
+            left = [ref for ref in self._refs if not ray.wait([ref], timeout=0)[0]]
+            for ref in left:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    log.debug("could not cancel a task", exc_info=True)
+            if left:
+                ray.wait(left, num_returns=len(left), timeout=CANCEL_WAIT_S)
+        self._refs.clear()
         self._remote.clear()
         ray.shutdown()
+
+
+def task_error(error: BaseException) -> BaseException:
+    """What a failed task raised itself (Ray wraps it in a RayTaskError whose text is a traceback)."""
+    cause = getattr(error, "cause", None) if ray is not None and isinstance(
+        error, ray.exceptions.RayTaskError) else None
+    return cause if isinstance(cause, BaseException) else error
 
 
 def _plain(node: Any) -> Any:

@@ -97,7 +97,9 @@ class SqlRunWriter:
                 connection.rollback()
                 return None
             self._insert(connection, "tags", [{"key": k, "value": v} for k, v in all_tags.items()], run_id)
-            self._insert(connection, "params", [{"key": p.key, "value": p.value} for p in checked_params], run_id)
+            self._insert(
+                connection, "params", [{"key": p.key, "value": p.value} for p in checked_params], run_id
+            )
         return run_id, artifact_uri
 
     def finish(
@@ -144,8 +146,12 @@ class SqlRunWriter:
                     return False
                 self._insert(connection, "metrics", rows, run_id)
                 self._insert(connection, "latest_metrics", list(latest.values()), run_id)
-                self._insert(connection, "params", [{"key": p.key, "value": p.value} for p in checked_params], run_id)
-                self._insert(connection, "tags", [{"key": t.key, "value": t.value} for t in checked_tags], run_id)
+                self._insert(
+                    connection, "params", [{"key": p.key, "value": p.value} for p in checked_params], run_id
+                )
+                self._insert(
+                    connection, "tags", [{"key": t.key, "value": t.value} for t in checked_tags], run_id
+                )
         except sqlalchemy.exc.IntegrityError:  # a row already there: MLflow's path merges or refuses
             log.debug("run %s: values already in the store, logged through MLflow", run_id, exc_info=True)
             return False
@@ -176,7 +182,13 @@ def _metric_row(metric: Metric) -> dict:
         value = 0.0
     elif math.isinf(value):
         value = math.copysign(sys.float_info.max, value)
-    return {"key": metric.key, "value": value, "timestamp": metric.timestamp, "step": metric.step, "is_nan": is_nan}
+    return {
+        "key": metric.key,
+        "value": value,
+        "timestamp": metric.timestamp,
+        "step": metric.step,
+        "is_nan": is_nan,
+    }
 
 
 def _recency(row: dict) -> tuple:
@@ -205,7 +217,10 @@ def _writer(uri: str, experiment_id: str) -> SqlRunWriter | None:
     )
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    tables = {model.__tablename__: model.__table__ for model in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)}
+    tables = {
+        model.__tablename__: model.__table__
+        for model in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)
+    }
     for name, columns in COLUMNS.items():
         if [column.name for column in tables[name].columns] != columns.split():
             log.info("MLflow's %s table differs from what xorexp writes: runs go through MLflow", name)

@@ -211,7 +211,8 @@ def _copy_template(target: Path) -> bool:
     try:
         connection = sqlite3.connect(f"{template.as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
         try:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            found = connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            tables = {row[0] for row in found}
             [revision] = connection.execute("SELECT version_num FROM alembic_version").fetchone()
             experiments = connection.execute("SELECT count(*) FROM experiments").fetchone()[0]
         finally:
