@@ -15,10 +15,14 @@ from xorexp.train import RunSpec, train
 
 
 def schema(db: Path) -> list[tuple]:
+    """Every table, index and trigger with the lines of its SQL in sorted order: MLflow's migrations
+    write a table's constraints in an order that varies between processes (a set's order)."""
     connection = sqlite3.connect(db)
     try:
+        found = connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
         return sorted(
-            connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+            (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+            for kind, name, sql in found
         )
     finally:
         connection.close()
