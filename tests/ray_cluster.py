@@ -37,7 +37,7 @@ FAULTS = os.environ.get("XOREXP_TEST_FAULTS")
 # module -> [(function, arm file, action)]
 POINTS = {
     "xorexp.chunks": [("train_chunk", "arm", "exit")],
-    "xorexp.job": [("track", "arm-exit-track", "exit")],
+    "xorexp.tracking.writing": [("log_result", "arm-exit-log", "exit")],
     "hydra_plugins.xorexp_vectorized_launcher._hydra_job": [("run_job", "arm-raise-job", "raise")],
 }
 CALLS = {}

@@ -269,13 +269,13 @@ def test_a_task_that_raises_fails_its_jobs_only_and_a_resume_trains_them(cluster
 @pytest.mark.ray
 def test_a_worker_lost_mid_job_finishes_that_run_on_retry(cluster, server, server_local_snapshot, tmp_path):
     clear_faults(cluster)
-    (cluster.faults / "arm-exit-track").write_text("2")  # a worker dies logging its second job
+    (cluster.faults / "arm-exit-log").write_text("2")  # a worker dies logging its second job
     proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}")
     assert proc.returncode == 0, proc.stderr
-    assert (cluster.faults / "fired-exit-track").exists()
+    assert (cluster.faults / "fired-exit-log").exists()
     # every job logged once, but the one whose worker died, logged again by the retry (its first job,
     # FINISHED before the death, is not: its record says so)
-    assert len(fault_log(cluster, "calls-track.log")) == N_SERVER_RUNS + 1
+    assert len(fault_log(cluster, "calls-log_result.log")) == N_SERVER_RUNS + 1
     state = server_state(cluster, server, tmp_path)
     assert len(state["children"]) == N_SERVER_RUNS  # no second run for any job
     assert snapshot_differences(state["snapshot"], server_local_snapshot) == []

@@ -179,8 +179,11 @@ class JobRunner:
             for idx, value in self.background.settle().items():
                 out[idx].return_value = value
         except BaseException as error:
+            stopped, self.background = self.background, Background()  # a stopped one stays stopped:
+            # the runner's next batch (a Ray worker's next task) gets a fresh one
             with _signals_ignored():  # a second Ctrl-C must not cut the stop short
-                self.background.stop("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+                stopped.stop("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            stopped.close()
             raise
         return out
 
