@@ -177,13 +177,16 @@ def tune_child(where: Path, lrs: list[float], seeds: int, iterations: int) -> No
     import ray
     from ray import tune
 
+    phases = {"start": time.perf_counter()}  # the end of each phase; seconds per phase below
     uri = f"sqlite:///{where / 'mlflow.db'}"
     create_store(uri, where / "mlartifacts")
+    phases["store"] = time.perf_counter()
     # Ray's socket paths must fit in 107 bytes: a short temp dir of its own
     ray_tmp = tempfile.mkdtemp(prefix="xr-tune-", dir="/tmp")
     try:
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False,
                  configure_logging=False)
+        phases["ray.init"] = time.perf_counter()
         param_space = {"lr": tune.grid_search(lrs), "seed": tune.grid_search(list(range(seeds))),
                        "hidden_units": HIDDEN_UNITS, "iterations": iterations, "tracking_uri": uri}
         tuner = tune.Tuner(
@@ -193,11 +196,16 @@ def tune_child(where: Path, lrs: list[float], seeds: int, iterations: int) -> No
             run_config=tune.RunConfig(name="grid", storage_path=str(where / "ray_results"), verbose=0),
         )
         results = tuner.fit()
+        phases["tuner.fit"] = time.perf_counter()
         if results.errors:
             raise RuntimeError(f"{len(results.errors)} trials failed, first: {results.errors[0]!r}")
     finally:
         ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    phases["ray.shutdown"] = time.perf_counter()
+    ends = list(phases.values())
+    seconds = {name: end - start for name, start, end in zip(list(phases)[1:], ends, ends[1:], strict=False)}
+    (where / "phases.json").write_text(json.dumps(seconds))
 
 
 # --- reading the stores ------------------------------------------------------------------------
@@ -253,6 +261,7 @@ def main() -> None:
         return
 
     n_runs = len(LRS) * args.seeds
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         root = Path(tmp)
@@ -262,17 +271,21 @@ def main() -> None:
             ours_runs, tune_runs = store_runs(root / f"xorexp-{n}"), store_runs(root / f"tune-{n}")
             compared, differ = compare_final_losses(ours_runs, tune_runs)
             rows.append((ours, theirs, finished(ours_runs), finished(tune_runs), compared, differ))
+            phases = json.loads((root / f"tune-{n}" / "phases.json").read_text())
         sample = sorted(ours_runs)[:: max(1, len(ours_runs) // 4)][:4]
         examples = [(name, bits(ours_runs[name]["final_loss"]),
                      bits(tune_runs.get(name, {}).get("final_loss"))) for name in sample]
 
     print(f"{n_runs} runs (h={HIDDEN_UNITS}, 10 lrs x {args.seeds} seeds, {args.iterations} iterations), "
-          f"whole child process each; load average {os.getloadavg()[0]:.1f}")
+          f"whole child process each; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"  {'round':>5} {'runs':>5} {'xorexp s':>9} {'Tune s':>8} {'xorexp/Tune':>12} "
           f"{'FINISHED xorexp':>16} {'FINISHED Tune':>14}")
     for n, (ours, theirs, ours_done, tune_done, _, _) in enumerate(rows):
         print(f"  {n:>5} {n_runs:>5} {ours:9.1f} {theirs:8.1f} {ours / theirs:12.3f} {ours_done:>16} "
               f"{tune_done:>14}")
+    startup = rows[-1][1] - sum(phases.values())
+    print(f"  Tune side of round {len(rows) - 1}: Python start-up and imports {startup:.1f} s, "
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()))
     for n, (*_, compared, differ) in enumerate(rows):
         verdict = "all equal" if not differ else f"{len(differ)} differ, e.g. {differ[:3]}"
         print(f"  round {n}: final_loss compared bit for bit in {compared} runs: {verdict}")
