@@ -5,7 +5,7 @@ and after: wall time and where the launching process's time goes, side by side.
 
 ``--before`` is exported with ``git archive`` into a temp dir; "after" is this checkout's working
 tree. Each repeat runs, alternating which tree goes first, the command in a fresh directory (a new
-store) and then again there (an existing store), with ``benchmarks/phases/sitecustomize.py``
+store) and then again there (an existing store), with ``benchmarks/profile/sitecustomize.py``
 recording the launching process's phases. Prints medians over the repeats, and the machine's load
 average before and after. Asserts nothing.
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ROOT / "benchmarks" / "phases"
+PHASES = ROOT / "benchmarks" / "profile"  # its sitecustomize.py, XOREXP_PHASES_FILE mode
 COMMAND = ("-m", "xorexp", "-m", "lr=0.01,0.1,1")
 ROWS = (
     "start-up", "Hydra compose", "store open", "sweep start, rest", "launcher plan",

@@ -295,13 +295,29 @@ def refuse_decision_boundary(method: str, path: str) -> int | None:
     return 403 if method == "PUT" and path.endswith("/plots/decision_boundary.png") else None
 
 
-def test_a_failed_upload_ends_the_run_failed_in_one_line(server, client, tmp_path):
-    proxy = Proxy(server.uri, refuse=refuse_decision_boundary)
+def cli_through_proxy(server, tmp_path, *args, **proxy_options):
+    """The CLI with ``args`` logging to the server through a ``Proxy`` (closed after); (process, proxy)."""
+    proxy = Proxy(server.uri, **proxy_options)
     try:
-        proc = run_cli(tmp_path, "iterations=500", "seed=4", "tracking.experiment=refused-upload",
-                       f"tracking.uri={proxy.uri}", f"hydra.run.dir={tmp_path}/run")
+        proc = run_cli(tmp_path, *args, f"tracking.uri={proxy.uri}")
     finally:
         proxy.close()
+    return proc, proxy
+
+
+def assert_jobs_refused(proc, failed: int) -> None:
+    """The sweep exited 1 after ``failed`` jobs failed on a refused upload (403), each in one line."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed_lines = [line for line in proc.stderr.splitlines() if " failed: " in line and "403" in line]
+    assert len(failed_lines) == failed, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"xorexp: {failed} job(s) of the sweep failed")
+
+
+def test_a_failed_upload_ends_the_run_failed_in_one_line(server, client, tmp_path):
+    proc, _ = cli_through_proxy(server, tmp_path, "iterations=500", "seed=4",
+                                "tracking.experiment=refused-upload", f"hydra.run.dir={tmp_path}/run",
+                                refuse=refuse_decision_boundary)
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("xorexp: ") and "failed" in lines[0], proc.stderr
@@ -318,17 +334,10 @@ def test_a_failed_upload_ends_the_run_failed_in_one_line(server, client, tmp_pat
 
 
 def test_a_failed_upload_in_a_sweep_fails_its_jobs_not_the_sweep(server, client, tmp_path):
-    proxy = Proxy(server.uri, refuse=refuse_decision_boundary)
-    try:
-        proc = run_cli(tmp_path, "-m", "seed=0,1", "iterations=500", "tracking.experiment=refused-sweep",
-                       f"tracking.uri={proxy.uri}", f"hydra.sweep.dir={tmp_path}/multirun")
-    finally:
-        proxy.close()
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    failed_lines = [line for line in proc.stderr.splitlines() if "failed: " in line and "403" in line]
-    assert len(failed_lines) == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("xorexp: 2 job(s) of the sweep failed")
+    proc, _ = cli_through_proxy(server, tmp_path, "-m", "seed=0,1", "iterations=500",
+                                "tracking.experiment=refused-sweep", f"hydra.sweep.dir={tmp_path}/multirun",
+                                refuse=refuse_decision_boundary)
+    assert_jobs_refused(proc, failed=2)
     runs = experiment_runs(client, "refused-sweep")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted(r.info.status for r in children) == ["FAILED", "FAILED"]
@@ -361,18 +370,10 @@ def test_runs_on_workers_overlap_and_refused_uploads_fail_only_their_runs(server
     their traceback), the others FINISHED and complete, none RUNNING; each job's record agrees with
     its run; the sweep counts 3 failed jobs and exits 1."""
     refuse = RefuseSome({2, 9, 20})
-    proxy = Proxy(server.uri, latency=0.05, refuse=refuse)
-    try:
-        proc = run_cli(tmp_path, "-m", "seed=range(0,32)", "iterations=300", "hydra.launcher.n_jobs=2",
-                       "tracking.experiment=overlap-refused", f"tracking.uri={proxy.uri}",
-                       f"hydra.sweep.dir={tmp_path}/multirun")
-    finally:
-        proxy.close()
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    failed_lines = [line for line in proc.stderr.splitlines() if " failed: " in line and "403" in line]
-    assert len(failed_lines) == 3, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("xorexp: 3 job(s) of the sweep failed")
+    proc, proxy = cli_through_proxy(server, tmp_path, "-m", "seed=range(0,32)", "iterations=300",
+                                    "hydra.launcher.n_jobs=2", "tracking.experiment=overlap-refused",
+                                    f"hydra.sweep.dir={tmp_path}/multirun", latency=0.05, refuse=refuse)
+    assert_jobs_refused(proc, failed=3)
     assert proxy.peak_runs > 2, proxy.peak_runs  # not one run per worker at a time
 
     runs = experiment_runs(client, "overlap-refused")

@@ -1,6 +1,6 @@
 """Where a sweep's time goes: timers around a table of functions, in every process of a command.
 
-Used by ``benchmarks/bench_sweep.py`` only: it puts this folder first on PYTHONPATH and sets
+Used by ``benchmarks/bench_sweep.py``: it puts this folder first on PYTHONPATH and sets
 XOREXP_PROFILE_DIR, so the launching process and every spawned worker import this module at start.
 Nothing of the product changes: the functions named in ``WRAPPED`` are wrapped right after their
 module is first imported (an import hook), so ``from module import name`` elsewhere gets the timed one.
@@ -19,6 +19,11 @@ timed.
 
 When modules move, adapt the table below (``module:function`` or ``module:Class.method``;
 ``module:Class.*`` takes every public method defined on the class).
+
+A second mode, for ``benchmarks/bench_small.py``: with XOREXP_PHASES_FILE set, the process that runs
+Hydra writes there at exit, as JSON, the seconds from its start to the first entry and the last exit of
+each function of ``PHASES`` (main thread only). Other processes (e.g. a child training ahead) write
+nothing; functions missing from a revision are absent.
 """
 
 from __future__ import annotations
@@ -74,7 +79,19 @@ TASK = "hydra_plugins.xorexp_vectorized_launcher._core:run_jobs_in_worker"  # a 
 FIRST_WORK = {"hydra._internal.utils:_run_hydra", TASK}  # start-up ends at the first call of one
 NOT_WORK = {"waiting for workers", "idle"}  # shown, but not in the total of work
 
+PHASES = (
+    "hydra._internal.utils:_run_hydra",
+    "xorexp.sweep:Sweep.start",
+    "xorexp.job:store_for",
+    "hydra_plugins.xorexp_vectorized_launcher._core:launch",
+    "hydra_plugins.xorexp_vectorized_launcher._core:_train",
+    "hydra_plugins.xorexp_vectorized_launcher._core:JobRunner.run",
+    "xorexp.sweep:Sweep.finish",
+)
+
 _DIR = os.environ.get("XOREXP_PROFILE_DIR")
+_PHASES_FILE = os.environ.get("XOREXP_PHASES_FILE")
+_phases: dict[str, list[float]] = {}  # name -> [first entry, last exit, total seconds]
 _totals: dict[str, float] = {}
 _calls: dict[str, int] = {}
 _missing: list[str] = []  # names of the table not found in their (imported) module
@@ -163,7 +180,53 @@ def _peak_rss_kb() -> int | None:
     return None
 
 
+def _phase(function, name: str):
+    @functools.wraps(function)
+    def timed(*args, **kwargs):
+        if threading.current_thread() is not _main:
+            return function(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            end = time.perf_counter()
+            entry = _phases.setdefault(name, [start - _BORN, 0.0, 0.0])
+            entry[1] = end - _BORN
+            entry[2] += end - start
+
+    return timed
+
+
+def _dump_phases() -> None:
+    if PHASES[0] in _phases:
+        with open(_PHASES_FILE, "w") as out:
+            json.dump({"end": time.perf_counter() - _BORN, "seen": _phases}, out)
+
+
+def _patch_phases(module) -> None:
+    for target in PHASES:
+        module_name, _, attribute = target.partition(":")
+        if module_name != module.__name__:
+            continue
+        owner_name, _, name = attribute.rpartition(".")
+        owner = getattr(module, owner_name, None) if owner_name else module
+        if owner is None or name not in vars(owner):
+            continue
+        raw = vars(owner)[name]
+        if isinstance(raw, classmethod):
+            setattr(owner, name, classmethod(_phase(raw.__func__, target)))
+        else:
+            setattr(owner, name, _phase(raw, target))
+
+
 def _patch(module) -> None:
+    if _PHASES_FILE:
+        _patch_phases(module)
+    if _DIR:
+        _patch_profile(module)
+
+
+def _patch_profile(module) -> None:
     for target, category in WRAPPED.items():
         module_name, _, attribute = target.partition(":")
         if module_name != module.__name__:
@@ -182,7 +245,7 @@ def _patch(module) -> None:
             setattr(owner, name, _timed(getattr(owner, name), target if method != "*" else full, category))
 
 
-_MODULES = {target.partition(":")[0] for target in WRAPPED}
+_MODULES = {target.partition(":")[0] for target in [*WRAPPED, *PHASES]}
 
 
 class _Patcher(importlib.abc.MetaPathFinder):
@@ -207,6 +270,9 @@ class _Patcher(importlib.abc.MetaPathFinder):
         return None
 
 
-if _DIR:
+if _DIR or _PHASES_FILE:
     sys.meta_path.insert(0, _Patcher())
+if _DIR:
     atexit.register(_dump)
+if _PHASES_FILE:
+    atexit.register(_dump_phases)
