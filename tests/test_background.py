@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from concurrent.futures import Future
 
 import pytest
 
+from tests.conftest import ROOT
 from xorexp.background import Background
 from xorexp.errors import Abort
 
@@ -62,8 +67,9 @@ def test_stop_gives_running_work_its_status_and_drops_work_not_started():
 
     background.submit(1, first)
     assert in_work.wait(WAIT_S)
-    # a second job's work queued behind the slot: submitted from the pool's own bookkeeping
-    queued = background.pool.submit(seen.append, "never")
+    # a second job's work queued behind the busy thread (put as ``submit`` does, without its slot)
+    queued = Future()
+    background.queue.put((queued, lambda: seen.append("never")))
     background.futures[2] = queued
     stopper = threading.Thread(target=background.stop, args=("KILLED",))
     stopper.start()
@@ -76,3 +82,58 @@ def test_stop_gives_running_work_its_status_and_drops_work_not_started():
     assert not stopper.is_alive()
     assert seen == ["KILLED"] and queued.cancelled()
     background.close()
+
+
+def test_a_failure_met_while_waiting_for_a_slot_is_raised_and_the_work_never_runs():
+    background = Background(runs=1)
+    failing, ran = threading.Event(), []
+
+    def first():
+        failing.wait(WAIT_S)
+        raise Abort("the store failed")
+
+    background.submit(1, first)
+    raised = []
+
+    def second():
+        try:
+            background.submit(2, lambda: ran.append(2))
+        except Abort as error:
+            raised.append(error.message)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # waiting for the only slot
+    failing.set()
+    waiter.join(WAIT_S)
+    assert raised == ["the store failed"] and ran == []
+    assert 2 not in background.futures
+    background.stop("FAILED")
+    background.close()
+
+
+def test_work_stuck_in_a_request_does_not_hold_the_process_exit(tmp_path):
+    """A run's request that never returns (a dead server, a long timeout): once the launcher has
+    stopped the background, the process exits without waiting for it."""
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        "from xorexp import background as b\n"
+        "b.STOP_WAIT_S = 0.5\n"
+        "bg = b.Background(runs=2)\n"
+        "started = threading.Event()\n"
+        "bg.submit(1, lambda: (started.set(), time.sleep(600)))\n"
+        "started.wait(10)\n"
+        "bg.stop('KILLED')\n"
+        "bg.close()\n"
+        "print('stopped', bg.stop_status, flush=True)\n"
+        "sys.exit(130)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out, _ = proc.communicate(timeout=60)  # far less than the stuck work's 600 s
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and out == "stopped KILLED\n"

@@ -301,3 +301,24 @@ def test_tasks_on_another_machine_send_their_job_files_back(cluster, server, tmp
     assert {run["status"] for run in state["children"]} == {"FINISHED"}
     assert state["parent"]["status"] == "FINISHED"  # the summary found all 40 job records
     assert "left no run" not in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_task_on_another_machine_that_raises_keeps_the_runs_it_ended(cluster, server, tmp_path):
+    """The task raises at its second job, its first job's record on the task's machine only: that job
+    keeps its one FINISHED run (the task sends back what it ended), the task's other jobs end FAILED."""
+    clear_faults(cluster)
+    (cluster.faults / "arm-raise-job").write_text("2")
+    (tmp_path / "multirun").mkdir()
+    proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}",
+                          "tracking.experiment=apart-raise", private=tmp_path / "multirun")
+    assert proc.returncode == 1, proc.stderr
+    assert (cluster.faults / "fired-raise-job").exists()
+    state = server_state(cluster, server, tmp_path, "apart-raise")
+    children = state["children"]
+    assert len(children) == N_SERVER_RUNS == len({run["name"] for run in children})  # one run per job
+    failed = [run for run in children if run["status"] == "FAILED"]
+    assert len(failed) in (15, 7), failed
+    assert {run["pid"] for run in failed} == {state["parent"]["xorexp.pid"]}
+    assert {run["status"] for run in children} == {"FAILED", "FINISHED"}

@@ -100,3 +100,18 @@ def test_a_cache_that_cannot_be_written_only_means_migrating(tmp_path, monkeypat
         ("Default",),
         ("exp",),
     ]
+
+
+def test_no_home_directory_only_means_migrating(tmp_path, monkeypatch):
+    """HOME unset and a uid without a passwd entry: Path.home() raises; the store is made anyway."""
+    for name in (sqlite.CACHE_DIR_ENV, "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home(cls=None):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    store = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
+    assert store.experiment_id == "1"
+    revision = rows(tmp_path / "mlflow.db", "SELECT version_num FROM alembic_version")
+    assert revision == [(sqlite._schema_revision(),)]

@@ -8,14 +8,17 @@ launcher's ``Background`` and go on: at most ``RUNS_IN_FLIGHT`` runs are in flig
 it reports its jobs done: each job's final value, or the first ``BaseException`` one of them raised
 (e.g. an ``errors.Abort``: the store failed). ``stop`` is for a launcher that stops early (an
 interrupt, a failing store): runs not started are dropped, those in flight get ``STOP_WAIT_S`` to
-end (one created meanwhile ends with the stop's status).
+end (one created meanwhile ends with the stop's status). The threads are daemons: a request still
+waiting on a dead or slow server after that does not hold the process's exit (the sweep has marked
+its unfinished runs KILLED or FAILED by then).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Hashable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 
 RUNS_IN_FLIGHT = 4  # a process's runs whose requests are in flight at once, at most (with 8 upload threads:
 # up to 13 requests at once per process; at 8 runs, 2 workers to one loaded server timed out)
@@ -23,39 +26,46 @@ STOP_WAIT_S = 5.0  # how long ``stop`` waits for the runs in flight
 
 
 class Background:
-    """Callables of jobs (one per job key), run on at most ``runs`` threads, settled together."""
+    """Callables of jobs (one per job key), run on at most ``runs`` daemon threads, settled together."""
 
     def __init__(self, runs: int = RUNS_IN_FLIGHT) -> None:
         self.runs = runs
-        self.pool: ThreadPoolExecutor | None = None  # made on first use
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()  # (future, work); None: a thread ends
+        self.threads: list[threading.Thread] = []  # started on demand, up to ``runs``
         self.slots = threading.BoundedSemaphore(runs)
-        self.futures: dict[Hashable, Future] = {}
+        self.futures: dict[Hashable, Future] = {}  # in submission order
         self.failures: list[BaseException] = []  # what the work of jobs raised, first first
         self.stop_status: str | None = None  # set by ``stop``: how work that sees it ends its run
 
     def submit(self, key: Hashable, work: Callable[[], object]) -> None:
         """Run ``work`` for the job ``key`` once a slot is free. Raises at once what an earlier
-        job's work raised (a failing store stops the launcher now, not after its batch)."""
+        job's work raised, also while this one waited for its slot (a failing store stops the
+        launcher now, not after its batch)."""
         self._raise_failure()
         self.slots.acquire()  # interruptible: Ctrl-C while waiting goes on up
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.runs, thread_name_prefix="xorexp-run")
         try:
-            future = self.pool.submit(work)
+            self._raise_failure()
         except BaseException:
             self.slots.release()
             raise
+        future: Future = Future()
         future.add_done_callback(self._done)
+        if len(self.threads) < self.runs:
+            thread = threading.Thread(target=self._serve, name=f"xorexp-run-{len(self.threads)}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        self.queue.put((future, work))
         self.futures[key] = future
 
     def settle(self) -> dict[Hashable, object]:
-        """Wait for every job's work; returns key -> what it returned, and forgets them. The first
-        exception raised by any of them is raised (after the others ended or ``stop`` is called)."""
+        """Wait for every job's work; returns key -> what it returned, and forgets them. If any of
+        them raised, raises at once the exception of the first submitted among those that did (the
+        others may still be in flight: for ``stop``)."""
         futures, self.futures = self.futures, {}
         done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-        failed = [future.exception() for future in done if future.exception() is not None]
+        failed = [f.exception() for f in futures.values() if f in done and f.exception() is not None]
         if failed:
-            self.futures = futures  # some may still be in flight: for ``stop``
+            self.futures = futures
             raise failed[0]
         return {key: future.result() for key, future in futures.items()}
 
@@ -71,9 +81,22 @@ class Background:
         self.failures = []
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+        """No more work: idle threads end; one still in a request ends with it, or with the process."""
+        for _ in self.threads:
+            self.queue.put(None)
+        self.threads = []
+
+    def _serve(self) -> None:
+        while (item := self.queue.get()) is not None:
+            future, work = item
+            if not future.set_running_or_notify_cancel():  # cancelled by ``stop``
+                continue
+            try:
+                result = work()
+            except BaseException as error:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
     def _done(self, future: Future) -> None:
         if not future.cancelled() and future.exception() is not None:

@@ -398,7 +398,8 @@ def _launch_on_ray(launcher, jobs: list[Job], runner: JobRunner, chunk_size: int
         stopped = False
         return returns
     finally:
-        executor.shutdown(cancel=stopped)
+        with _signals_ignored() if stopped else contextlib.nullcontext():  # a second Ctrl-C: no cut stop
+            executor.shutdown(cancel=stopped)
 
 
 def _store_uri(master) -> str | None:
@@ -479,15 +480,9 @@ def _jobs_on_ray(
         for future in done:
             batch = batches[future]
             try:
-                ended, abort = future.result()
-            except Exception as error:  # the task raised, or its worker died more than max_retries times
-                why = _failure("its Ray task failed", task_error(error))
-                for job in batch:  # here, each job whose run the task did not end ends FAILED
-                    events: list = []
-                    with progress.feeding(lambda *event, into=events: into.append(event)):
-                        returns[job.idx] = runner.run(job, Handover(job.spec, error=why[1]))
-                    _report(job, events, runner.output_dir)
-                continue
+                ended, abort, raised = future.result()
+            except Exception as error:  # the task failed outside a job, or its worker died too often
+                ended, abort, raised = [], None, _failure("its Ray task failed", task_error(error))[1]
             by_idx = {job.idx: job for job in batch}
             for idx, ret, events, output_dir, files in ended:
                 _write_missing(output_dir, files)
@@ -495,14 +490,26 @@ def _jobs_on_ray(
                 returns[idx] = ret
             if abort is not None:  # the store failed in the task: stop the sweep
                 raise Abort(*abort)
+            if raised is not None:  # here, each job the task did not end ends FAILED
+                for job in batch:
+                    if job.idx in returns:
+                        continue
+                    events: list = []
+                    with progress.feeding(lambda *event, into=events: into.append(event)):
+                        returns[job.idx] = runner.run(job, Handover(job.spec, error=raised))
+                    _report(job, events, runner.output_dir)
     return returns
 
 
-def run_jobs_in_task(context: bytes, setup: TaskSetup, batch: list[Job]) -> tuple[list, tuple | None]:
+def run_jobs_in_task(
+    context: bytes, setup: TaskSetup, batch: list[Job]
+) -> tuple[list, tuple | None, chunks.WorkerError | None]:
     """Ray task side: train the chunk, run its jobs through Hydra's job machinery and log their runs,
     in the launching process's working dir. Returns, per job that ended, (job index, JobReturn,
-    its progress events, its output dir, its job dir's small files), and the (message, status) of
-    an ``Abort`` (the store failed) that stopped the task, else None.
+    its progress events, its output dir, its job dir's small files); the (message, status) of an
+    ``Abort`` (the store failed) that stopped the task, else None; and what a job raised that
+    stopped the task (as a ``WorkerError``: the launching process ends the task's other jobs with
+    it; those that ended here stay as they are, their records may be on this machine only), else None.
 
     Run again by Ray when its worker died (``max_retries``): a job whose record (``xorexp_job.json``
     in its job dir) says its run ended returns at once, one that had started its run finishes that
@@ -526,11 +533,13 @@ def run_jobs_in_task(context: bytes, setup: TaskSetup, batch: list[Job]) -> tupl
                 try:
                     ret = runner.run_all([job], [result])[job.idx]
                 except Abort as abort:
-                    return ended, (abort.message, abort.status)
+                    return ended, (abort.message, abort.status), None
+                except Exception as error:
+                    return ended, None, _failure("its Ray task failed", error)[1]
             ended.append((job.idx, ret, events, runner.output_dir, _small_files(runner.output_dir)))
     finally:
         os.chdir(previous)
-    return ended, None
+    return ended, None, None
 
 
 def _small_files(output_dir: str | None) -> dict[str, bytes]:

@@ -207,8 +207,8 @@ def _template_path() -> Path:
 def _copy_template(target: Path) -> bool:
     """Fill the new file ``target`` from the cached empty store, if there is a sound one (this
     schema revision, every table, no experiment); False leaves ``target`` empty (MLflow migrates)."""
-    template = _template_path()
     try:
+        template = _template_path()
         connection = sqlite3.connect(f"{template.as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
         try:
             found = connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
@@ -221,7 +221,7 @@ def _copy_template(target: Path) -> bool:
             return False
         with open(template, "rb") as source, open(target, "wb") as copy:
             copy.write(source.read())
-    except (sqlite3.Error, OSError, TypeError, ValueError):  # none yet, or unusable: migrate
+    except (sqlite3.Error, OSError, RuntimeError, TypeError, ValueError):  # none, unusable, no home: migrate
         with contextlib.suppress(OSError):
             target.write_bytes(b"")
         return False
@@ -231,8 +231,8 @@ def _copy_template(target: Path) -> bool:
 def _save_template(store: Path) -> None:
     """Keep an empty copy of the freshly migrated ``store`` (its experiments removed) as this
     machine's template; best effort: a cache that cannot be written is left alone."""
-    template = _template_path()
     try:
+        template = _template_path()  # RuntimeError: no home directory to find a cache in
         template.parent.mkdir(parents=True, exist_ok=True)
         tmp = template.with_name(f".{template.name}.{os.getpid()}-{os.urandom(4).hex()}")
         try:
@@ -247,8 +247,8 @@ def _save_template(store: Path) -> None:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-    except (sqlite3.Error, OSError):
-        log.debug("could not keep %s as a template of new stores", template, exc_info=True)
+    except (sqlite3.Error, OSError, RuntimeError):
+        log.debug("could not keep a template of new stores", exc_info=True)
 
 
 def _finish_migration(path: Path) -> None:
