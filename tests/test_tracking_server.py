@@ -437,3 +437,22 @@ def test_ctrl_c_with_runs_in_flight_leaves_none_running(server, client, tmp_path
         record = json.loads(path.read_text())
         if record["status"] == "FINISHED":
             assert status_of[record["run_id"]] == "FINISHED"
+
+
+def test_a_resumed_run_whose_values_landed_keeps_one_loss_history(server, client):
+    """A Ray task's worker died after its run's values reached the server; the retried task logs the
+    run again (``resumed``): the values are not sent twice, the rest is, the run ends FINISHED."""
+    from xorexp.tracking.store import open_store
+
+    store = open_store(server.uri, "resumed")
+    [result] = train([RunSpec(iterations=500, seed=3)])
+    run_id = writing.start_run(store, result.spec)
+    store.client.log_batch(run_id, metrics=writing.run_metrics(result, 1))  # the first attempt's values
+    writing.log_result(store, run_id, result, model=False, resumed=True)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["xorexp.outcome"] == result.outcome
+    history = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == list(result.trace_steps)  # once each, not twice
+    assert run.data.metrics["final_loss"] == result.final_loss
+    assert {"predictions.json", "model/params.npz"} <= artifact_paths(client, run_id)

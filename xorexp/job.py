@@ -131,9 +131,11 @@ def track(
     cfg: DictConfig,
     pngs: dict[str, bytes] | None = None,
     params_logged: bool = True,
+    resumed: bool = False,
 ) -> None:
-    """Log one result with its job's config, Hydra files and plots into the started run."""
-    writing.log_result(store, run_id, result, **track_args(result, cfg, pngs, params_logged))
+    """Log one result with its job's config, Hydra files and plots into the started run (``resumed``:
+    a run an earlier attempt of the job started, see ``writing.log_result``)."""
+    writing.log_result(store, run_id, result, resumed=resumed, **track_args(result, cfg, pngs, params_logged))
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,7 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
         if reused is not None:
             return reused
     run_id = earlier.get("run_id") if earlier else None
+    resumed = run_id is not None  # an earlier attempt of this job (a retried Ray task) started its run
     parent_id = parent.run_id if parent else None
     try:
         if handover is not None and handover.error is not None:  # the launcher's work on it failed
@@ -287,7 +290,7 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
             [result] = train([spec], progress=iterations)
             if iterations is not None:
                 iterations.close()
-            track(store, run_id, result, cfg)
+            track(store, run_id, result, cfg, resumed=resumed)
         else:  # trained by the launcher
             result = handover.result
             background = handover.background
@@ -310,7 +313,7 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
                     store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
                 )
                 record.write(run_id=run_id, status="RUNNING")
-            track(store, run_id, result, cfg, handover.pngs, params_logged=False)
+            track(store, run_id, result, cfg, handover.pngs, params_logged=False, resumed=resumed)
     except KeyboardInterrupt as interrupt:
         if run_id is not None:
             _end_quietly(store, run_id, "KILLED")

@@ -162,8 +162,13 @@ def log_result(
     dirs: Mapping[str, Path] | None = None,
     params_logged: bool = True,
     model: bool | None = None,
+    resumed: bool = False,
 ) -> None:
     """Fill a run with the result (metrics, outcome, artifacts) and mark it FINISHED.
+
+    ``resumed``: an earlier attempt at this run (a Ray task retried after its worker died) may have
+    logged its values already; they are logged only if the run has no metric yet (a ``log_batch`` is
+    one transaction, in the store behind a server too), so its loss history is never doubled.
 
     Artifacts always include ``model/params.npz`` and, from a dirty checkout, the diff
     (``provenance/git_diff.patch``), all in the run's one upload (to a server: one request per file,
@@ -187,6 +192,10 @@ def log_result(
         store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params, tags=outcome)
         for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
             store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+
+    if resumed and reading.get_run(store, run_id).data.metrics:  # the earlier attempt's values landed
+        def log_values() -> None:
+            store.client.log_batch(run_id, params=params, tags=outcome)
 
     if writer is not None:  # MLflow's path, for what the SQL writer would not vouch for
         log_values()
