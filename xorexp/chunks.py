@@ -1,9 +1,9 @@
 """Units of work a launcher can hand to worker processes: train a chunk of runs, render run plots.
 
-Only NumPy and the engine are imported here (matplotlib when the first plot is rendered), so a
-worker starts quickly and never touches MLflow or Hydra; results come back to the launching process,
-which logs them. (matplotlib is not imported with this module: it was ~1.1 s of every command's
-start-up, before a sweep could start training.)
+Only NumPy and the engine are imported here (matplotlib when the first plot is rendered): whoever
+calls them (a launcher's worker, a Ray task, the child training ahead) gets results, and the jobs
+log them. (matplotlib is not imported with this module: it was ~1.1 s of every command's start-up,
+before a sweep could start training.)
 """
 
 from __future__ import annotations

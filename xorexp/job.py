@@ -316,8 +316,7 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
             track(store, run_id, result, cfg, handover.pngs, params_logged=False, resumed=resumed)
     except KeyboardInterrupt as interrupt:
         if run_id is not None:
-            _end_quietly(store, run_id, "KILLED")
-            record.write(run_id=run_id, status="KILLED")
+            _end_quietly(store, run_id, "KILLED", record)
             interrupt.killed_run_id = run_id  # for the entry point's one line
         raise
     except Abort:
@@ -347,8 +346,7 @@ def _run_in_background(
         run_id = writing.start_run(store, result.spec, tags=tags, parent_run_id=parent_id, with_params=False)
         record.write(run_id=run_id, status="RUNNING")
         if background.stop_status is not None:  # the launcher is stopping: no more of this run
-            _end_quietly(store, run_id, background.stop_status)
-            record.write(run_id=run_id, status=background.stop_status)
+            _end_quietly(store, run_id, background.stop_status, record)
             return math.nan
         writing.log_result(store, run_id, result, **args)
     except Exception as error:
@@ -397,8 +395,10 @@ def _failed(
     raise Abort(line)
 
 
-def _end_quietly(store: Store, run_id: str, status: str) -> None:
+def _end_quietly(store: Store, run_id: str, status: str, record: JobRecord) -> None:
+    """The run and the job's record end with ``status`` (a store that refuses: a warning)."""
     try:
         writing.finish_run(store, run_id, status)
     except Exception:
         log.warning("could not mark run %s %s", run_id, status, exc_info=True)
+    record.write(run_id=run_id, status=status)

@@ -31,12 +31,11 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
-import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent
 from xorexp.train import RunResult, RunSpec, plan_batches
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,6 @@ MIN_RUNS = 16  # the vectorized launcher's MIN_RUNS_FOR_WORKERS: from there on, 
 LAUNCHER = "hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher.VectorizedLauncher"
 SWEEPER = "hydra_plugins.xorexp_grid_sweeper.xorexp_grid_sweeper.XorexpGridSweeper"
 STOP_WAIT_S = 2.0  # how long a stopped child gets before it is killed
-PARENT_POLL_S = 0.5  # how often the child checks that the launching process is alive
 
 _running: Ahead | None = None
 
@@ -118,7 +116,7 @@ class Ahead:
         self.specs = specs
         self.results: dict[RunSpec, RunResult] | None = None
         self.failed = False
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {**os.environ, **SINGLE_THREAD_BLAS}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xorexp.train_ahead", str(os.getpid())],
             stdin=subprocess.PIPE,
@@ -186,12 +184,7 @@ class Ahead:
 def _child(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the launching process stops this one
 
-    def watch_parent() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch_parent, name="xorexp-watch-parent", daemon=True).start()
+    exit_with_parent(parent_pid)
     out = sys.stdout.buffer
     try:
         specs, chunk_size = pickle.loads(sys.stdin.buffer.read())

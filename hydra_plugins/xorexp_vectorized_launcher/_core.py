@@ -57,6 +57,7 @@ from xorexp.background import Background
 from xorexp.errors import Abort, fail
 from xorexp.job import JOB_RECORD, Handover, handing_over
 from xorexp.params import run_name
+from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent
 from xorexp.tracking.uri import resolve_uri, store_kind
 from xorexp.train import RunSpec, plan_batches
 
@@ -70,7 +71,6 @@ MIN_RUNS_FOR_WORKERS = train_ahead.MIN_RUNS  # below: no workers (costs more tha
 TASKS_PER_WORKER = 4  # local backend: jobs go to workers in about this many chunks per worker
 MAX_RETURNED_FILE = 1_000_000  # bytes: a job dir's files a Ray task sends back (yamls, log, record)
 STOP_WAIT_S = 3.0  # how long stopped workers get before they are killed
-PARENT_POLL_S = 0.5  # how often a worker checks that the launching process is alive
 BACKENDS = ("local", "ray")
 
 
@@ -240,12 +240,7 @@ def _init_worker(events, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     progress.feed(progress.queue_sink(events))  # for the worker's whole life
 
-    def watch_parent() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch_parent, name="xorexp-watch-parent", daemon=True).start()
+    exit_with_parent(parent_pid)
 
 
 _worker_runner: tuple[bytes, JobRunner] | None = None  # a worker's context and its runner
@@ -289,7 +284,7 @@ def _launch_on_processes(
     returns: dict[int, JobReturn] = {}
     spawn = get_context("spawn")
     events = spawn.SimpleQueue()
-    with _thread_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
+    with _thread_env(**SINGLE_THREAD_BLAS):
         pool = ProcessPoolExecutor(
             n_workers, mp_context=spawn, initializer=_init_worker, initargs=(events, os.getpid())
         )
