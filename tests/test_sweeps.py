@@ -8,10 +8,12 @@ import os
 import pty
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -34,10 +36,22 @@ def parent_csv(directory, parent_id):
     return list(csv.DictReader(open(path)))
 
 
+def finished_in_the_database_file(directory: Path) -> int:
+    """FINISHED runs in ``mlflow.db`` itself, read as an immutable file: a ``-wal`` file left by the
+    command would hold what it wrote last, unseen here (the command must close its store at exit)."""
+    assert not (directory / "mlflow.db-wal").exists()
+    connection = sqlite3.connect(f"{(directory / 'mlflow.db').as_uri()}?immutable=1", uri=True)
+    try:
+        return connection.execute("SELECT count(*) FROM runs WHERE status = 'FINISHED'").fetchone()[0]
+    finally:
+        connection.close()
+
+
 def test_grid_sweep_has_one_parent_and_a_summary_matching_its_children(tmp_path):
     proc = run_cli(tmp_path, "-m", "hidden_units=2,3", "lr=0.5,2,8", "seed=0,1", "iterations=1500",
                    f"hydra.sweep.dir={tmp_path}/multirun")
     assert proc.returncode == 0, proc.stderr
+    assert finished_in_the_database_file(tmp_path) == 13  # the parent and its 12 runs
     assert "[xorexp]" not in proc.stderr + proc.stdout  # no progress line when output is not a terminal
     [parent], children = parents_and_children(tmp_path)
     assert parent.info.status == "FINISHED"
@@ -181,6 +195,7 @@ def test_one_progress_line_for_a_sweep_on_workers(tmp_path):
     status, text = on_a_terminal(tmp_path, "-m", "seed=range(0,24)", "iterations=200",
                                  f"hydra.sweep.dir={tmp_path}/multirun", stdout_too=True)
     assert status == 0
+    assert finished_in_the_database_file(tmp_path) == 25  # workers and the launching process closed it
     counts = [int(n) for n in re.findall(r"\[xorexp\] (\d+)/24 jobs", text)]
     assert counts and counts == sorted(counts) and counts[-1] == 24  # one counter for the whole sweep
     assert "final_loss" not in text  # the jobs' own log lines stay in their log files

@@ -25,6 +25,7 @@ from xorexp import sweep
 from xorexp.config import register, to_run_spec
 from xorexp.errors import BAD_INPUT, FAILED, Abort, ConfigError, Interrupted, fail, say
 from xorexp.job import handed, run_tracked
+from xorexp.subprocesses import quick_teardown
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -87,6 +88,7 @@ def outcome(error: BaseException) -> tuple[int, str]:
 
 
 def cli() -> None:
+    quick_teardown()  # first: its handler runs after every other one
     # Hydra would print an error's traceback and exit 1 itself; it re-raises it to us instead
     os.environ["HYDRA_FULL_ERROR"] = "1"
     signal.signal(signal.SIGINT, _raise_interrupted)

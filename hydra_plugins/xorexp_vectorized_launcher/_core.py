@@ -57,7 +57,7 @@ from xorexp.background import Background
 from xorexp.errors import Abort, fail
 from xorexp.job import JOB_RECORD, Handover, handing_over
 from xorexp.params import run_name
-from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent
+from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent, quick_teardown
 from xorexp.tracking.uri import resolve_uri, store_kind
 from xorexp.train import RunSpec, plan_batches
 
@@ -236,7 +236,8 @@ class JobRunner:
 
 def _init_worker(events, parent_pid: int) -> None:
     """In each worker: Ctrl-C is the launching process's to handle; job ends go to its progress;
-    the worker exits by itself when the launching process is gone."""
+    the worker exits by itself when the launching process is gone, and quickly when told to."""
+    quick_teardown()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     progress.feed(progress.queue_sink(events))  # for the worker's whole life
 

@@ -213,3 +213,19 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def close_engines() -> None:
+    """Close every SQL connection MLflow pooled in this process (its tracking stores' engines, which
+    the SQL writer shares): a sqlite store's last connection checkpoints its WAL into the database
+    file and removes ``-wal``/``-shm``. Called at exit (``xorexp.subprocesses.quick_teardown``)."""
+    import sys
+
+    module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if module is None:  # MLflow's SQL store never loaded: no engine
+        return
+    for engine in list(module.SqlAlchemyStore._engine_map.values()):
+        try:
+            engine.dispose()
+        except Exception:
+            log.debug("could not close an engine at exit", exc_info=True)
