@@ -339,3 +339,24 @@ def test_a_sweep_into_a_deleted_experiment_stops_in_one_line(tmp_path):
     assert line.startswith("xorexp: experiment 'xorexp' of ") and "was deleted in MLflow: restore it" in line
     runs = client.search_runs([client.get_experiment_by_name("xorexp").experiment_id], run_view_type=3)
     assert len(runs) == 1  # the first command's run only: no parent, no job
+
+
+def test_a_run_no_job_owns_ends_failed_and_out_of_the_summary(tmp_path):
+    """A job's run created twice (the first create's answer lost, as after a server's timeout and
+    MLflow's retry): the sweep ends that extra run FAILED, tagged, says so in one warning, and its
+    summary counts the 3 jobs' own runs only."""
+    proc = run_cli(tmp_path, "-m", "seed=0,1,2", "iterations=500", env=fault_env("twice:1"))
+    assert proc.returncode == 0, proc.stderr
+    runs = runs_of(tmp_path)
+    [parent] = [r for r in runs if r.data.tags.get("xorexp.role") == "sweep"]
+    children = children_of(tmp_path, parent.info.run_id)
+    assert len(children) == 4
+    orphans = [r for r in children if "xorexp.orphan" in r.data.tags]
+    assert [r.info.status for r in orphans] == ["FAILED"]
+    owned = [r for r in children if "xorexp.orphan" not in r.data.tags]
+    assert sorted(r.data.params["seed"] for r in owned) == ["0", "1", "2"]
+    assert {r.info.status for r in owned} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["runs"] == 3 and parent.data.metrics["failed_jobs"] == 0
+    warnings = [line for line in proc.stdout.splitlines() if "no job owns" in line]  # the sweep's log lines
+    assert len(warnings) == 1 and orphans[0].info.run_id in warnings[0], proc.stdout

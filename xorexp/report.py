@@ -37,6 +37,7 @@ from xorexp.tracking.tags import (
     TAG_BEST_PREFIX,
     TAG_BEST_RUN,
     TAG_NOTE,
+    TAG_ORPHAN,
     TAG_PARENT,
     TAG_REUSED,
     TAG_ROLE,
@@ -56,7 +57,8 @@ def collect(store: Store, parent_run_id: str, reused_ids: list[str] | None = Non
     if reused_ids is None:
         text = reading.read_text_artifact(store, parent_run_id, REUSED_ARTIFACT)
         reused_ids = json.loads(text) if text else []
-    records = [summary.record_from_mlflow_run(run) for run in reading.sweep_children(store, parent_run_id)]
+    children = reading.sweep_children(store, parent_run_id)
+    records = [summary.record_from_mlflow_run(run) for run in children if TAG_ORPHAN not in run.data.tags]
     for run in reading.get_runs(store, reused_ids):
         records.append(dataclasses.replace(summary.record_from_mlflow_run(run), reused=True))
     return records

@@ -31,7 +31,7 @@ from xorexp.errors import Abort, ConfigError, fail
 from xorexp.job import JOB_RECORD, store_for
 from xorexp.tracking import reading, writing
 from xorexp.tracking.store import Store
-from xorexp.tracking.tags import TAG_OVERRIDES, TAG_SWEEP
+from xorexp.tracking.tags import TAG_ORPHAN, TAG_OVERRIDES, TAG_PARENT, TAG_SWEEP
 from xorexp.tracking.uri import describe_store_error, redact
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class Sweep:
         """Summary on the parent, which ends FINISHED, or FAILED (exit 1) if any job failed."""
         self.progress.close()
         jobs = self.records()
+        self._end_orphans(jobs)
         reused = [job["run_id"] for job in jobs if job.get("reused")]
         traces = {job["run_id"]: job_trace(job) for job in jobs if "loss_trace" in job}
         lost = 0  # a grid's jobs that left no record at all (a search sweeper may stop early: not counted)
@@ -170,6 +171,29 @@ class Sweep:
             print(line, flush=True)
         if failed:
             raise Abort(f"{failed} job(s) of the sweep failed (listed above); resume: {resume_command()}")
+
+    def _end_orphans(self, jobs: list[dict]) -> None:
+        """Runs of the sweep still RUNNING that no job's record names: every job has ended, so nobody
+        would end them. Such a run is a job's ``create_run`` that a tracking server committed, answered
+        too late, and got again from MLflow's client (it retries after a timeout). They end FAILED,
+        tagged ``xorexp.orphan``, out of the summary (their job has its own run); one warning says so."""
+        owned = {job.get("run_id") for job in jobs}
+        try:
+            running = reading.search_all(
+                self.store, f"tags.`{TAG_PARENT}` = '{self.parent.run_id}' and attributes.status = 'RUNNING'"
+            )
+            orphans = [run.info.run_id for run in running if run.info.run_id not in owned]
+            for run_id in orphans:
+                self.store.client.set_tag(run_id, TAG_ORPHAN, "no job owns this run")
+                writing.finish_run(self.store, run_id, "FAILED")
+        except Exception:  # the summary will say what is wrong with the store, if anything
+            log.debug("could not look for the sweep's orphan runs", exc_info=True)
+            return
+        if orphans:
+            log.warning(
+                "%d run(s) of the sweep that no job owns (a create request sent twice?) marked FAILED and "
+                "tagged %s; not in the summary: %s", len(orphans), TAG_ORPHAN, ", ".join(orphans)
+            )
 
     def abort(self, error: BaseException) -> str:
         """The command stops early: unfinished runs and the parent end; returns what to tell the user."""

@@ -10,6 +10,8 @@ commas); a chunk of runs that holds SEED then meets the fault:
 - ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
 - ``plot``: rendering the run's plots raises (in whichever process renders them);
 - ``summary:0``: the sweep's summary at its end raises;
+- ``twice``: the run is created twice, the first one left RUNNING and unknown to its job (as when a
+  server commits a create_run whose answer times out, and MLflow's client sends it again);
 - ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
 """
 
@@ -65,6 +67,18 @@ if _faults:
         return _real_render(result, name)
 
     _chunks.render_run_plots = _job.render_run_plots = _render_run_plots
+
+    if any(kind == "twice" for kind, _, _ in _faults):
+        from xorexp.tracking import writing as _writing
+
+        _real_start_run = _writing.start_run
+
+        def _start_run(store, spec, *args, **kwargs):
+            if any(kind == "twice" and spec.seed == int(seed) for kind, _, seed in _faults):
+                _real_start_run(store, spec, *args, **kwargs)  # the first create, its answer "lost"
+            return _real_start_run(store, spec, *args, **kwargs)
+
+        _writing.start_run = _start_run
 
     if any(kind == "summary" for kind, _, _ in _faults):
         import xorexp.report as _report

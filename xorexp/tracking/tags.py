@@ -10,6 +10,7 @@ TAG_HASH = "xorexp.config_hash"  # params.config_hash of its six params
 TAG_OVERRIDES = "xorexp.overrides"  # the Hydra overrides of its job
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"  # its sweep's parent run
+TAG_ORPHAN = "xorexp.orphan"  # a sweep run no job owns: ended FAILED at the sweep's end, not summarised
 TAG_TRIAL = "xorexp.trial"  # the trial number under a search sweeper
 TAG_HOST = "xorexp.host"  # the writing process: tells a crashed writer's RUNNING run from a live one
 TAG_PID = "xorexp.pid"
