@@ -228,25 +228,34 @@ def test_ray_tasks_log_their_runs_to_a_server(cluster, server, server_local_snap
     assert len(records) == N_SERVER_RUNS
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-def test_a_task_that_raises_fails_its_jobs_only_and_a_resume_trains_them(cluster, server, tmp_path):
+def sweep_with_a_raising_task(cluster, server, where: Path, experiment: str, **cli_options):
+    """The server sweep with a task raising at its second job: exit 1, one run per job, FAILED (by the
+    launching process) exactly the task's jobs but the first, which it had ended; the rest FINISHED.
+    Returns (process, server state, failed runs, finished runs)."""
     clear_faults(cluster)
-    (cluster.faults / "arm-raise-job").write_text("2")  # a task raises at its second job
-    first, again = tmp_path / "first", tmp_path / "again"
-    first.mkdir()
-    again.mkdir()
-    proc, _ = cluster.cli(first, *SERVER_SWEEP, f"tracking.uri={server.uri}", "tracking.experiment=raise")
+    (cluster.faults / "arm-raise-job").write_text("2")
+    proc, _ = cluster.cli(where, *SERVER_SWEEP, f"tracking.uri={server.uri}",
+                          f"tracking.experiment={experiment}", **cli_options)
     assert proc.returncode == 1, proc.stderr
     assert (cluster.faults / "fired-raise-job").exists()
-    state = server_state(cluster, server, first, "raise")
+    state = server_state(cluster, server, where, experiment)
     children = state["children"]
     assert len(children) == N_SERVER_RUNS == len({run["name"] for run in children})  # one run per job
     failed = [run for run in children if run["status"] == "FAILED"]
     finished = [run for run in children if run["status"] == "FINISHED"]
-    assert len(failed) in (15, 7), failed  # the task's jobs but the first, which it had ended
+    assert len(failed) in (15, 7), failed  # tasks of 16, 16 and 8 jobs
     assert len(failed) + len(finished) == N_SERVER_RUNS
     assert {run["pid"] for run in failed} == {state["parent"]["xorexp.pid"]}  # ended FAILED here
+    return proc, state, failed, finished
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_task_that_raises_fails_its_jobs_only_and_a_resume_trains_them(cluster, server, tmp_path):
+    first, again = tmp_path / "first", tmp_path / "again"
+    first.mkdir()
+    again.mkdir()
+    proc, state, failed, finished = sweep_with_a_raising_task(cluster, server, first, "raise")
     said = "its Ray task failed: RuntimeError: injected fault in run_job"
     lines = [line for line in proc.stderr.splitlines() if said in line]
     assert len(lines) == min(10, len(failed)), proc.stderr  # every failed job reported, by the progress
@@ -308,17 +317,5 @@ def test_tasks_on_another_machine_send_their_job_files_back(cluster, server, tmp
 def test_a_task_on_another_machine_that_raises_keeps_the_runs_it_ended(cluster, server, tmp_path):
     """The task raises at its second job, its first job's record on the task's machine only: that job
     keeps its one FINISHED run (the task sends back what it ended), the task's other jobs end FAILED."""
-    clear_faults(cluster)
-    (cluster.faults / "arm-raise-job").write_text("2")
     (tmp_path / "multirun").mkdir()
-    proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}",
-                          "tracking.experiment=apart-raise", private=tmp_path / "multirun")
-    assert proc.returncode == 1, proc.stderr
-    assert (cluster.faults / "fired-raise-job").exists()
-    state = server_state(cluster, server, tmp_path, "apart-raise")
-    children = state["children"]
-    assert len(children) == N_SERVER_RUNS == len({run["name"] for run in children})  # one run per job
-    failed = [run for run in children if run["status"] == "FAILED"]
-    assert len(failed) in (15, 7), failed
-    assert {run["pid"] for run in failed} == {state["parent"]["xorexp.pid"]}
-    assert {run["status"] for run in children} == {"FAILED", "FINISHED"}
+    sweep_with_a_raising_task(cluster, server, tmp_path, "apart-raise", private=tmp_path / "multirun")

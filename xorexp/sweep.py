@@ -31,7 +31,7 @@ from xorexp.errors import Abort, ConfigError, fail
 from xorexp.job import JOB_RECORD, store_for
 from xorexp.tracking import reading, writing
 from xorexp.tracking.store import Store
-from xorexp.tracking.tags import TAG_ORPHAN, TAG_OVERRIDES, TAG_PARENT, TAG_SWEEP
+from xorexp.tracking.tags import TAG_ORPHAN, TAG_OVERRIDES, TAG_SWEEP
 from xorexp.tracking.uri import describe_store_error, redact
 
 log = logging.getLogger(__name__)
@@ -179,13 +179,11 @@ class Sweep:
         tagged ``xorexp.orphan``, out of the summary (their job has its own run); one warning says so."""
         owned = {job.get("run_id") for job in jobs}
         try:
-            running = reading.search_all(
-                self.store, f"tags.`{TAG_PARENT}` = '{self.parent.run_id}' and attributes.status = 'RUNNING'"
-            )
+            running = reading.running_children(self.store, self.parent.run_id)
             orphans = [run.info.run_id for run in running if run.info.run_id not in owned]
-            for run_id in orphans:
-                self.store.client.set_tag(run_id, TAG_ORPHAN, "no job owns this run")
+            for run_id in orphans:  # its terminal status first, should the store fail between the two
                 writing.finish_run(self.store, run_id, "FAILED")
+                self.store.client.set_tag(run_id, TAG_ORPHAN, "no job owns this run")
         except Exception:  # the summary will say what is wrong with the store, if anything
             log.debug("could not look for the sweep's orphan runs", exc_info=True)
             return
@@ -205,11 +203,7 @@ class Sweep:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a dead server: one try per call, not minutes
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
         try:
-            running = [
-                run.info.run_id
-                for run in reading.sweep_children(self.store, self.parent.run_id)
-                if run.info.status == "RUNNING"
-            ]
+            running = [run.info.run_id for run in reading.running_children(self.store, self.parent.run_id)]
             for run_id in running:
                 writing.finish_run(self.store, run_id, status)
             writing.finish_run(self.store, self.parent.run_id, status)

@@ -70,6 +70,11 @@ def sweep_children(store: Store, parent_run_id: str) -> list:
     return search_all(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
 
 
+def running_children(store: Store, parent_run_id: str) -> list:
+    """The runs of ``parent_run_id`` that are still RUNNING (mlflow Run objects)."""
+    return search_all(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'")
+
+
 def sweeps(store: Store) -> list:
     """Every sweep parent run of the experiment (mlflow Run objects), in no particular order."""
     return search_all(store, f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")

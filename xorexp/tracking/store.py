@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,8 +220,6 @@ def close_engines() -> None:
     """Close every SQL connection MLflow pooled in this process (its tracking stores' engines, which
     the SQL writer shares): a sqlite store's last connection checkpoints its WAL into the database
     file and removes ``-wal``/``-shm``. Called at exit (``xorexp.subprocesses.quick_teardown``)."""
-    import sys
-
     module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
     if module is None:  # MLflow's SQL store never loaded: no engine
         return

@@ -179,6 +179,8 @@ def log_result(
     from mlflow.entities import RunTag
 
     metrics = run_metrics(result, _now_ms())
+    if resumed and reading.get_run(store, run_id).data.metrics:  # the earlier attempt's values landed
+        metrics = []
     params = [] if params_logged or run_id in _sql_started else _params(result.spec)
     writer = sql_writer.writer_for(store)
     if writer is not None:  # an SQL store: the files, then every value and FINISHED in one transaction
@@ -192,10 +194,6 @@ def log_result(
         store.client.log_batch(run_id, metrics=metrics[:MAX_BATCH], params=params, tags=outcome)
         for start in range(MAX_BATCH, len(metrics), MAX_BATCH):
             store.client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
-
-    if resumed and reading.get_run(store, run_id).data.metrics:  # the earlier attempt's values landed
-        def log_values() -> None:
-            store.client.log_batch(run_id, params=params, tags=outcome)
 
     if writer is not None:  # MLflow's path, for what the SQL writer would not vouch for
         log_values()
