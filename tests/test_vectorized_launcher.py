@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 from hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher import VectorizedLauncher
-from tests.conftest import run_cli, snapshot_differences, store_snapshot
+from tests.conftest import ROOT, run_cli, runs_of, snapshot_differences, store_snapshot
+from xorexp.tracking.tags import ROLE_SWEEP, TAG_PID, TAG_ROLE
 
 
 def test_discovery():
@@ -124,3 +126,32 @@ def test_job_dirs_are_what_hydras_basic_launcher_writes(tmp_path, workers):
     # the long override wraps over two lines of hydra.yaml, escaped as Hydra writes it
     assert "    - tracking.experiment=an\\ experiment\\ name" in files["basic"]["0/.hydra/hydra.yaml"]
     assert files["vectorized"] == files["basic"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_workers_are_forked_unless_spawn_is_asked_for(tmp_path, start):
+    """The workers of a sweep start as forks of the launching process (no interpreter start, no imports:
+    they have its modules and opened store), or as spawned interpreters when XOREXP_WORKER_START=spawn;
+    either way they log the sweep's runs, each job its own (the runs' writer pids are the workers')."""
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    env = {"PYTHONPATH": f"{ROOT / 'tests' / 'faults'}{os.pathsep}{ROOT}", "XOREXP_STARTS_DIR": str(starts)}
+    if start == "spawn":
+        env["XOREXP_WORKER_START"] = "spawn"
+    sweep = ["-m", "seed=range(0,20)", "lr=0.5,3", "iterations=400", "hydra.launcher.n_jobs=2"]
+    proc = run_cli(tmp_path, *sweep, env=env)
+    assert proc.returncode == 0, proc.stderr
+    interpreters = {int(path.stem): path.read_text() for path in starts.glob("*.start")}
+    spawned = {pid for pid, cmdline in interpreters.items() if "spawn_main" in cmdline}
+    runs = [run for run in runs_of(tmp_path) if run.data.tags.get(TAG_ROLE) != ROLE_SWEEP]
+    writers = {run.data.tags[TAG_PID] for run in runs}
+    launching = {pid for pid, cmdline in interpreters.items() if "-m xorexp " in cmdline}
+    assert len(launching) == 1
+    assert len(writers) == 2 and str(*launching) not in writers  # two workers wrote the runs
+    if start == "fork":
+        assert spawned == set()
+        assert not writers & {str(pid) for pid in interpreters}
+    else:
+        assert len(spawned) == 2 and writers == {str(pid) for pid in spawned}
+    assert len([run for run in runs_of(tmp_path) if run.info.status == "FINISHED"]) == 41

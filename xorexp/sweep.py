@@ -11,6 +11,7 @@ how to resume. The running sweep of this process is ``current()``.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from xorexp import parent_run, progress, report, train_ahead
 from xorexp.config import check_sweep, count_jobs
 from xorexp.errors import Abort, ConfigError, fail
 from xorexp.job import JOB_RECORD, store_for
+from xorexp.subprocesses import launching_only
 from xorexp.tracking import reading, writing
 from xorexp.tracking.store import Store
 from xorexp.tracking.tags import TAG_ORPHAN, TAG_OVERRIDES, TAG_SWEEP
@@ -246,9 +248,12 @@ class _claim:
                 f"the sweep directory {self.sweep_dir} is in use by another running sweep: "
                 "wait for it or set hydra.sweep.dir"
             )
+        # a forked worker shares this lock while it has the descriptor: it closes its copy at once
+        self.take_back = launching_only(functools.partial(os.close, self.fd))
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.take_back()
         os.close(self.fd)  # releases the lock (so does the process's death)
 
 
@@ -270,9 +275,14 @@ class _log_file:
     def __enter__(self) -> _log_file:
         for name in self.LOGGERS:
             logging.getLogger(name).addHandler(self.handler)
+        self.take_back = launching_only(self.detach)  # a forked worker logs to its jobs' files only
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.take_back()
+        self.detach()
+
+    def detach(self) -> None:
         for name in self.LOGGERS:
             logging.getLogger(name).removeHandler(self.handler)
         self.handler.close()

@@ -1,7 +1,8 @@
 """Where a sweep's time goes: timers around a table of functions, in every process of a command.
 
 Used by ``benchmarks/bench_sweep.py``: it puts this folder first on PYTHONPATH and sets
-XOREXP_PROFILE_DIR, so the launching process and every spawned worker import this module at start.
+XOREXP_PROFILE_DIR, so the launching process and every spawned worker import this module at start
+(a forked worker has it from its parent, and starts its accounting afresh at the fork).
 Nothing of the product changes: the functions named in ``WRAPPED`` are wrapped right after their
 module is first imported (an import hook), so ``from module import name`` elsewhere gets the timed one.
 
@@ -109,6 +110,21 @@ def _process_start() -> float:
 
 
 _BORN = _process_start()
+
+
+def _forked() -> None:
+    """A worker forked from the launching process keeps its own accounting from the fork on: it starts
+    empty (the parent's totals, phases and open calls stay the parent's; a forked child never returns
+    into those calls), and its start-up is the time from the fork to its first task."""
+    global _BORN
+    _BORN = time.perf_counter()
+    for kept in (_totals, _calls, _phases):
+        kept.clear()
+    _stack.clear()
+    _state.update(started=None, last_task_end=None)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _timed(function, name: str, category: str):

@@ -44,7 +44,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import cloudpickle
@@ -57,7 +56,7 @@ from xorexp.background import Background
 from xorexp.errors import Abort, fail
 from xorexp.job import JOB_RECORD, Handover, handing_over
 from xorexp.params import run_name
-from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent, quick_teardown
+from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent, quick_teardown, worker_context
 from xorexp.tracking.uri import resolve_uri, store_kind
 from xorexp.train import RunSpec, plan_batches
 
@@ -235,10 +234,13 @@ class JobRunner:
 
 
 def _init_worker(events, parent_pid: int) -> None:
-    """In each worker: Ctrl-C is the launching process's to handle; job ends go to its progress;
-    the worker exits by itself when the launching process is gone, and quickly when told to."""
+    """In each worker: Ctrl-C is the launching process's to handle, SIGTERM (``_stop``) ends it (a
+    forked worker would otherwise inherit the launching process's handler); job ends go to its
+    progress; the worker exits by itself when the launching process is gone, and quickly when told to
+    (a forked one leaves with ``os._exit``, as multiprocessing's forked children do)."""
     quick_teardown()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     progress.feed(progress.queue_sink(events))  # for the worker's whole life
 
     exit_with_parent(parent_pid)
@@ -283,19 +285,20 @@ def _launch_on_processes(
         (Singleton.get_state(), launcher.hydra_context, launcher.task_function, runner.composer)
     )
     returns: dict[int, JobReturn] = {}
-    spawn = get_context("spawn")
-    events = spawn.SimpleQueue()
-    with _thread_env(**SINGLE_THREAD_BLAS):
-        pool = ProcessPoolExecutor(
-            n_workers, mp_context=spawn, initializer=_init_worker, initargs=(events, os.getpid())
-        )
+    start = worker_context()
+    events = start.SimpleQueue()
+    pool = ProcessPoolExecutor(
+        n_workers, mp_context=start, initializer=_init_worker, initargs=(events, os.getpid())
+    )
     relay = threading.Thread(target=_relay, args=(events,), name="xorexp-progress", daemon=True)
-    relay.start()
     batches: dict[Future, list[Job]] = {}
     try:
-        for members in plan:
-            batch = [jobs[i] for i in members]
-            batches[pool.submit(run_jobs_in_worker, context, batch)] = batch
+        # the workers start at the first submission (forked: all at once, before any thread here)
+        with _thread_env(**SINGLE_THREAD_BLAS):
+            for members in plan:
+                batch = [jobs[i] for i in members]
+                batches[pool.submit(run_jobs_in_worker, context, batch)] = batch
+        relay.start()
         pending = set(batches)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -315,8 +318,11 @@ def _launch_on_processes(
             # the relay's end, after every event of the workers. Not from this thread: a worker killed
             # while one of its threads was putting an event (a job's run ending in the background)
             # leaves the queue's lock held for good, and this put would wait forever
-            threading.Thread(target=events.put, args=(None,), name="xorexp-progress-end", daemon=True).start()
-            relay.join(timeout=STOP_WAIT_S)
+            if relay.is_alive():
+                threading.Thread(
+                    target=events.put, args=(None,), name="xorexp-progress-end", daemon=True
+                ).start()
+                relay.join(timeout=STOP_WAIT_S)
     return returns
 
 

@@ -13,11 +13,21 @@ commas); a chunk of runs that holds SEED then meets the fault:
 - ``twice``: the run is created twice, the first one left RUNNING and unknown to its job (as when a
   server commits a create_run whose answer times out, and MLflow's client sends it again);
 - ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
+
+With XOREXP_STARTS_DIR set, every Python interpreter that starts with this folder on its path writes
+``<pid>.start`` there, holding its command line (a forked process is no interpreter start: it writes
+nothing).
 """
 
 import multiprocessing
 import os
 import time
+
+if os.environ.get("XOREXP_STARTS_DIR"):
+    with open("/proc/self/cmdline", "rb") as _cmdline, open(
+        os.path.join(os.environ["XOREXP_STARTS_DIR"], f"{os.getpid()}.start"), "wb"
+    ) as _out:
+        _out.write(_cmdline.read().replace(b"\0", b" "))
 
 _faults = [item.partition(":") for item in os.environ.get("XOREXP_FAULT", "").split(",") if item]
 if any(kind == "nodriver" for kind, _, _ in _faults):  # as if no PostgreSQL driver were installed
