@@ -1,4 +1,4 @@
-"""A small sweep trains ahead in a child process (``xorexp.train_ahead``) while its store opens.
+"""A sweep trains ahead in a child process (``xorexp.train_ahead``) while its store opens.
 
 Real commands into real sqlite stores. Faults come from ``tests/faults/sitecustomize.py``: ``here``
 (training raises in the launching process only) shows the runs really come from the child; ``die``
@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import process_alive, run_cli, runs_of, store_snapshot
 from tests.test_faults import by_status, error_lines, fault_env, spawn
+from xorexp import train_ahead
 from xorexp.train import RunSpec, train
 
 pytestmark = pytest.mark.slow
@@ -117,3 +118,76 @@ def test_a_refused_store_stops_the_child_too(tmp_path):
     [line] = error_lines((tmp_path / "stderr.txt").read_text())
     assert line.startswith("xorexp: ") and "bad.db" in line
     assert ahead_children(proc.pid) == []
+
+
+def test_a_sweep_with_workers_gets_the_runs_trained_ahead_and_trains_only_the_rest(tmp_path):
+    """A 40-run sweep on 2 workers whose training raises in the workers (fault ``worker``): the runs
+    the child trained ahead (all of them: ``ahead`` has the launching process wait for it) need no
+    training there, and the store holds what a sweep without workers writes, bit for bit."""
+    sweep = ["-m", "seed=range(0,20)", "lr=0.5,3", "iterations=400"]
+    snapshots = {}
+    for name, flags, env in (
+        ("in_process", ["hydra.launcher.n_jobs=1"], None),
+        ("workers", ["hydra.launcher.n_jobs=2"], fault_env("ahead:0,worker:0,worker:10")),
+    ):
+        where = tmp_path / name
+        where.mkdir()
+        proc = run_cli(where, *sweep, *flags, f"hydra.sweep.dir={where}/m", env=env)
+        assert proc.returncode == 0, proc.stderr
+        snapshots[name] = store_snapshot(where)
+    assert len(snapshots["in_process"]) == 40
+    assert snapshots["workers"] == snapshots["in_process"]
+
+
+
+def _same(a, b) -> bool:
+    return a.spec == b.spec and a.loss_trace.tobytes() == b.loss_trace.tobytes() and a.outcome == b.outcome
+
+
+def test_the_child_sends_its_chunks_as_they_are_trained_and_each_run_is_taken_once():
+    specs = [RunSpec(lr=lr, seed=seed, iterations=300) for lr in (0.5, 4.0) for seed in range(65)]  # 3 chunks
+    ahead = train_ahead.Ahead(specs, chunk_size=1000)
+    try:
+        first = ahead.take(specs[:64])  # waits for the chunks holding them only
+        assert all(_same(got, want) for got, want in zip(first, train(specs[:64]), strict=True))
+        ahead.proc.wait(60)
+        rest = ahead.ready()
+        assert set(rest) == set(specs[64:])
+        expected = train(specs[64:])
+        assert all(_same(rest[spec], result) for spec, result in zip(specs[64:], expected, strict=True))
+        assert ahead.take(specs[:1]) is None  # taken already: the launcher would train it
+        assert ahead.take([RunSpec(lr=0.25, iterations=300)]) is None  # not among the child's
+    finally:
+        ahead.stop()
+
+
+def test_a_child_gone_midway_leaves_what_it_sent_and_the_rest_to_the_launcher():
+    quick = [RunSpec(hidden_units=2, lr=0.5, seed=seed, iterations=300) for seed in range(5)]
+    endless = [RunSpec(hidden_units=3, lr=0.5, seed=seed, iterations=50_000_000) for seed in range(5)]
+    ahead = train_ahead.Ahead(quick + endless, chunk_size=1000)  # two chunks: hidden_units differ
+    try:
+        assert ahead.take(quick) is not None
+        assert ahead.ready() == {}  # the second chunk is minutes away
+        ahead.proc.kill()
+        ahead.proc.wait(10)
+        assert ahead.take(endless) is None  # its output ended: no waiting
+        assert ahead.ready() == {}
+    finally:
+        ahead.stop()
+
+
+def test_one_look_takes_a_whole_chunk_bigger_than_a_pipe_holds():
+    """The launcher looks once when its workers start (``ready``): a chunk the child is still writing
+    (~0.5 MB here, a pipe holds 64 kB) is read to its end, not left for a look that never comes."""
+    specs = [RunSpec(lr=0.5, seed=seed, iterations=10_000, trace_every=10) for seed in range(64)]
+    ahead = train_ahead.Ahead(specs, chunk_size=1000)
+    try:
+        deadline = time.monotonic() + 60
+        while "pipe_write" not in Path(f"/proc/{ahead.proc.pid}/wchan").read_text():
+            assert time.monotonic() < deadline, "the child never waited on its output pipe"
+            time.sleep(0.05)
+        got = ahead.ready()
+        assert set(got) == set(specs)
+        assert all(_same(got[spec], result) for spec, result in zip(specs, train(specs), strict=True))
+    finally:
+        ahead.stop()

@@ -8,6 +8,7 @@ before a sweep could start training.)
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Sequence
 
@@ -15,6 +16,8 @@ from xorexp.train import RunResult, RunSpec, train
 
 LEARNING_CURVE = "plots/learning_curve.png"
 DECISION_BOUNDARY = "plots/decision_boundary.png"
+
+log = logging.getLogger(__name__)
 
 
 def train_chunk(specs: Sequence[RunSpec]) -> list[RunResult]:
@@ -36,6 +39,19 @@ def render_run_plots(result: RunResult, name: str) -> dict[str, bytes]:
         ),
         DECISION_BOUNDARY: plotter.decision_boundary_png(result.params, title),
     }
+
+
+def warm_up() -> None:
+    """Import and set up what a sweep's jobs and its end use anyway: matplotlib and the run plotter
+    (each run's plots), the sweep's figures, MLflow's model code (the best run's model). Done by the
+    launching process while something else runs (the training ahead), and before its workers are
+    forked: they have it then. Failures are left to where the modules are used (reported there)."""
+    try:
+        from xorexp import pyfunc, run_plots, sweep_plots  # noqa: F401
+
+        run_plots.run_plotter()
+    except Exception:
+        log.debug("warming up failed", exc_info=True)
 
 
 class WorkerError(RuntimeError):

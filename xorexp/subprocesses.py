@@ -1,5 +1,5 @@
 """What xorexp's processes share. The helper processes (the launcher's workers, the child training a
-small sweep ahead: ``xorexp.train_ahead``) each use one BLAS thread and end by themselves when the
+sweep ahead: ``xorexp.train_ahead``) each use one BLAS thread and end by themselves when the
 launching process is gone (killed with -9, it cannot stop them). Every process that loaded MLflow
 ends with ``quick_teardown``. The launcher's workers are forked when that is safe (``worker_context``);
 what the launching process alone must hold (the sweep directory's lock, the sweep's log file) is

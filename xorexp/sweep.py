@@ -118,7 +118,7 @@ class Sweep:
         resources = ExitStack()
         try:
             resources.enter_context(_claim(Path(config.hydra.sweep.dir)))
-            # a small sweep trains in a child process while the store opens (stopped however the sweep ends)
+            # the sweep trains in a child process while the store opens (stopped however the sweep ends)
             resources.callback(train_ahead.stop)
             train_ahead.start(config)
             # a new store is created and migrated here, once, never by concurrent jobs

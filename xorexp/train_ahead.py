@@ -1,25 +1,31 @@
-"""A small sweep's training, started in a child process before the sweep opens its store.
+"""A sweep's training, started in a child process before the sweep opens its store.
 
-A sweep of fewer than ``MIN_RUNS`` jobs trains in the launching process (the vectorized launcher
-starts no workers for it), after the sweep has opened its store and its parent run: MLflow's import
-and a fresh store's migrations (seconds) and then the training (seconds) one after the other, on one
-of the machine's cores. ``start`` (called by ``Sweep.start`` before the store opens) trains the
-grid's runs in a child process meanwhile; the launcher ``take``s the results of a batch from it
-instead of training the batch itself. Threads would not do: the engine's small array operations
-hold the GIL, and so does importing (measured: no overlap at all).
+Before its first job, a sweep opens its store and its parent run: MLflow's import and a fresh
+store's migrations take seconds on one of the machine's cores, while the other core has nothing to
+do. ``start`` (called by ``Sweep.start`` before the store opens) trains the grid's runs in a child
+process meanwhile, chunk after chunk, each chunk's results sent as soon as it is trained:
+
+- a sweep of fewer than ``MIN_RUNS`` jobs (no workers: the launching process runs them) ``take``s a
+  batch's results from the child, waiting for them, instead of training the batch itself;
+- a sweep with workers takes what the child has trained when it starts them (``ready``, without
+  waiting) and stops the child: the workers train only the runs missing from it.
+
+Threads would not do: the engine's small array operations hold the GIL, and so does importing
+(measured: no overlap at all).
 
 Only a speculation, never needed for correctness: the grid's specs are derived here from the
-config (its values and the sweep's swept values), and a batch is taken only if every one of its
-specs is among them; a run's numbers depend only on its spec (``train``: bit-identical whatever
-the batch or process, as the worker processes already rely on). Whatever goes wrong with the
-child (it cannot start, dies, or its training raises), ``take`` returns None and the launcher
-trains the batch itself, as without this module: a training error then happens there and fails
-the jobs as usual. Nothing of this is shown (debug log lines only): the sweep's output and store
-are the same either way. The child is stopped when the sweep ends, however it ends; it ignores Ctrl-C
+config (its values and the sweep's swept values), and a result is used only for a spec among them;
+a run's numbers depend only on its spec (``train``: bit-identical whatever the batch or process, as
+the worker processes already rely on). Whatever goes wrong with the child (it cannot start, dies,
+or its training raises), ``take`` returns None and ``ready`` what came before, and the launcher
+trains the rest itself, as without this module: a training error then happens there and fails the
+jobs as usual. Nothing of this is shown (debug log lines only): the sweep's output and store are
+the same either way. The child is stopped when the sweep ends, however it ends; it ignores Ctrl-C
 (the launching process decides) and exits by itself when the launching process is gone.
 
-The child: ``python -m xorexp.train_ahead``, specs pickled on stdin, ``("ok", results)`` or
-``("error", traceback)`` pickled on stdout. It imports NumPy and the engine only.
+The child: ``python -m xorexp.train_ahead``, specs pickled on stdin; on stdout, one frame per chunk
+(8-byte length, then ``("ok", results)`` pickled), or one ``("error", traceback)`` frame. It imports
+NumPy and the engine only.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import signal
+import struct
 import subprocess
 import sys
 import traceback
@@ -41,6 +49,10 @@ from xorexp.train import RunResult, RunSpec, plan_batches
 log = logging.getLogger(__name__)
 
 MIN_RUNS = 16  # the vectorized launcher's MIN_RUNS_FOR_WORKERS: from there on, its workers train
+CHUNK = 64  # runs per chunk the child trains and sends at most: what is ready when workers start
+MAX_RUNS = 1000  # the first runs of a bigger sweep only: ~41 kB of specs, within a pipe's buffer (the
+# launching process never waits to hand them over), and more than its workers' start leaves time for
+FRAME = struct.Struct("<Q")  # a frame's length, before its pickle
 LAUNCHER = "hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher.VectorizedLauncher"
 SWEEPER = "hydra_plugins.xorexp_grid_sweeper.xorexp_grid_sweeper.XorexpGridSweeper"
 STOP_WAIT_S = 2.0  # how long a stopped child gets before it is killed
@@ -49,9 +61,9 @@ _running: Ahead | None = None
 
 
 def grid_specs(config: Any) -> list[RunSpec] | None:
-    """The specs of a small grid sweep that the vectorized launcher trains in this process, derived
-    from the sweep's master config; None when it is not one (another sweeper or launcher, workers,
-    a sweep of anything but the run's values, too many jobs)."""
+    """The specs of a grid sweep of the vectorized launcher on this machine, derived from the sweep's
+    master config; None when it is not one (another sweeper or launcher, the ray backend, a sweep of
+    anything but the run's values)."""
     from xorexp.config import count_jobs, spec_from_values, sweep_overrides, swept_values
     from xorexp.params import RESULT_KEYS
 
@@ -61,7 +73,7 @@ def grid_specs(config: Any) -> list[RunSpec] | None:
     if hydra.launcher.get("backend") != "local":
         return None
     total = count_jobs(config)
-    if total is None or not 0 < total < MIN_RUNS:
+    if not total:
         return None
     for override in sweep_overrides(config):  # fixed values are in ``config`` already
         if override.is_sweep_override() and override.get_key_element() not in RESULT_KEYS:
@@ -76,8 +88,8 @@ def grid_specs(config: Any) -> list[RunSpec] | None:
 
 
 def start(config: Any) -> Ahead | None:
-    """Start training a small grid sweep's runs in a child process (None: not such a sweep, or the
-    child could not start: the launcher then trains as usual). ``stop`` ends it."""
+    """Start training a grid sweep's runs in a child process (None: not such a sweep, or the child
+    could not start: the launcher then trains as usual). ``stop`` ends it."""
     global _running
     try:
         specs = grid_specs(config)
@@ -87,7 +99,7 @@ def start(config: Any) -> Ahead | None:
     if not specs:
         return None
     try:
-        ahead = Ahead(specs, int(config.hydra.launcher.chunk_size))
+        ahead = Ahead(specs[:MAX_RUNS], int(config.hydra.launcher.chunk_size))
     except Exception:
         log.debug("could not start training ahead: the launcher trains", exc_info=True)
         return None
@@ -103,6 +115,13 @@ def take(specs: Sequence[RunSpec]) -> list[RunResult] | None:
     return _running.take(specs)
 
 
+def ready() -> dict[RunSpec, RunResult]:
+    """What the child training ahead has sent so far, without waiting (empty if there is none)."""
+    if _running is None:
+        return {}
+    return _running.ready()
+
+
 def stop() -> None:
     """End the child (if still running) and forget it; called when the sweep ends, however."""
     global _running
@@ -113,9 +132,12 @@ def stop() -> None:
 
 class Ahead:
     def __init__(self, specs: list[RunSpec], chunk_size: int) -> None:
-        self.specs = specs
-        self.results: dict[RunSpec, RunResult] | None = None
-        self.failed = False
+        self.specs = set(specs)
+        self.results: dict[RunSpec, RunResult] = {}
+        self.taken: set[RunSpec] = set()
+        self.ended = False  # the child's output is over (all sent, failed, or gone)
+        self.warmed = False
+        self.buffer = b""
         env = {**os.environ, **SINGLE_THREAD_BLAS}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xorexp.train_ahead", str(os.getpid())],
@@ -125,50 +147,83 @@ class Ahead:
             env=env,
         )
         try:
-            self.proc.stdin.write(pickle.dumps((specs, chunk_size)))
+            self.proc.stdin.write(pickle.dumps((specs, min(chunk_size, CHUNK))))
             self.proc.stdin.close()
-        except OSError:  # the child is gone already: take() finds no result
+        except OSError:  # the child is gone already: nothing will come
             pass
         log.debug("training %d runs ahead in process %d", len(specs), self.proc.pid)
 
     def take(self, specs: Sequence[RunSpec]) -> list[RunResult] | None:
-        if self.failed or not all(spec in self.specs for spec in specs):
+        if not all(spec in self.specs and spec not in self.taken for spec in specs):
             return None
-        if self.results is None:
-            self._warm_up()
-            self.results = self._read()
-            if self.results is None:
-                self.failed = True
-                return None
-        return [self.results[spec] for spec in specs]
+        self._warm_up()
+        while not self.ended and not all(spec in self.results for spec in specs):
+            self._receive(wait=True)
+        if not all(spec in self.results for spec in specs):
+            return None
+        found = [self.results[spec] for spec in specs]
+        for spec in specs:  # kept once only (a sweep's jobs take each run once)
+            self.results.pop(spec, None)
+            self.taken.add(spec)
+        return found
+
+    def ready(self) -> dict[RunSpec, RunResult]:
+        self._receive(wait=False)
+        return dict(self.results)
 
     def _warm_up(self) -> None:
-        """While the child trains: import what the jobs and the sweep's end import anyway (matplotlib
-        for the plots, MLflow's model code and pandas for the best run's model)."""
-        if self.proc.poll() is not None:
-            return
-        try:
-            from xorexp import pyfunc, run_plots, sweep_plots  # noqa: F401
+        """While the child trains: import what the jobs and the sweep's end import anyway."""
+        if not self.warmed and self.proc.poll() is None:
+            from xorexp.chunks import warm_up
 
-            run_plots.run_plotter()
-        except Exception:  # they fail again where they are used, and are reported there
-            log.debug("warming up failed", exc_info=True)
+            warm_up()
+        self.warmed = True
 
-    def _read(self) -> dict[RunSpec, RunResult] | None:
+    def _receive(self, wait: bool) -> None:
+        """Read what the child has written: until one more frame or its end (``wait``), or what is
+        there now (and the rest of a frame begun: the child is writing it). Its end, failure or
+        garbage ends the reading; the results read so far stay."""
+        fd = self.proc.stdout.fileno()
         try:
-            data = self.proc.stdout.read()
-            self.proc.wait()
-            kind, payload = pickle.loads(data)
+            while not self.ended and (wait or self.buffer or select.select([fd], [], [], 0)[0]):
+                data = os.read(fd, 1 << 20)
+                if not data:
+                    self._end("its output ended")
+                    return
+                self.buffer += data
+                if self._frames() and wait:
+                    return
         except Exception:
+            log.debug("reading the process training ahead failed: the launcher trains", exc_info=True)
+            self._end("unreadable")
+
+    def _frames(self) -> int:
+        """Take the buffer's complete frames; returns how many."""
+        count = 0
+        while len(self.buffer) >= FRAME.size:
+            (size,) = FRAME.unpack_from(self.buffer)
+            if len(self.buffer) < FRAME.size + size:
+                break
+            kind, payload = pickle.loads(self.buffer[FRAME.size : FRAME.size + size])
+            self.buffer = self.buffer[FRAME.size + size :]
+            count += 1
+            if kind != "ok":
+                log.debug("training ahead failed, the launcher trains:\n%s", payload)
+                self._end("failed")
+                break
+            self.results.update((result.spec, result) for result in payload)
+        return count
+
+    def _end(self, why: str) -> None:
+        if len(self.results) < len(self.specs):
             log.debug(
-                "the process training ahead (%d) ended without results (status %s): the launcher trains",
-                self.proc.pid, self.proc.returncode, exc_info=True,
+                "the process training ahead (%d) sent %d of %d runs (%s): the launcher trains the rest",
+                self.proc.pid,
+                len(self.results),
+                len(self.specs),
+                why,
             )
-            return None
-        if kind != "ok":
-            log.debug("training ahead failed, the launcher trains again:\n%s", payload)
-            return None
-        return {result.spec: result for result in payload}
+        self.ended = True
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -186,18 +241,20 @@ def _child(parent_pid: int) -> None:
 
     exit_with_parent(parent_pid)
     out = sys.stdout.buffer
+
+    def send(message: tuple) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(FRAME.pack(len(data)) + data)
+        out.flush()
+
     try:
         specs, chunk_size = pickle.loads(sys.stdin.buffer.read())
         from xorexp import chunks  # the launcher's own unit of training
 
-        results = []
         for members in plan_batches(specs, chunk_size):
-            results += chunks.train_chunk([specs[i] for i in members])
-        message = ("ok", results)
+            send(("ok", chunks.train_chunk([specs[i] for i in members])))
     except Exception:
-        message = ("error", traceback.format_exc())
-    out.write(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-    out.flush()
+        send(("error", traceback.format_exc()))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from xorexp.job import JOB_RECORD, Handover, handing_over
 from xorexp.params import run_name
 from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent, quick_teardown, worker_context
 from xorexp.tracking.uri import resolve_uri, store_kind
-from xorexp.train import RunSpec, plan_batches
+from xorexp.train import RunResult, RunSpec, plan_batches
 
 from . import _hydra_job
 from ._compose import Composer, Planned
@@ -115,7 +115,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             returns = {}
             for members in plan_batches([job.spec for job in trainable], chunk_size):
                 batch = [trainable[i] for i in members]
-                returns.update(runner.run_all(batch, _train(batch, ahead=True)))
+                known = train_ahead.take([job.spec for job in batch])
+                returns.update(runner.run_all(batch, _train(batch, known)))
         for job in jobs:
             if job.spec is None:
                 returns[job.idx] = runner.run_hydra_job(job)
@@ -125,17 +126,19 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     return [returns[job.idx] for job in jobs]
 
 
-def _train(batch: list[Job], ahead: bool = False) -> list:
-    """The chunk's results, or for each job the error that stopped its training. ``ahead``: take them
-    from the sweep's training ahead (``xorexp.train_ahead``) if it has them."""
-    if ahead:
-        results = train_ahead.take([job.spec for job in batch])
-        if results is not None:
-            return results
-    try:
-        return chunks.train_chunk([job.spec for job in batch])
-    except Exception as error:  # its traceback goes with each job's FAILED run
-        return [_failure("training the chunk failed", error)] * len(batch)
+def _train(batch: list[Job], known: Sequence[RunResult | None] | None = None) -> list:
+    """The chunk's results, or for each job the error that stopped its training. ``known``: results
+    there already (trained ahead: ``xorexp.train_ahead``), None where the run is trained here."""
+    results = list(known) if known is not None else [None] * len(batch)
+    missing = [i for i, result in enumerate(results) if result is None]
+    if missing:
+        try:
+            trained = chunks.train_chunk([batch[i].spec for i in missing])
+        except Exception as error:  # its traceback goes with each job's FAILED run
+            trained = [_failure("training the chunk failed", error)] * len(missing)
+        for i, result in zip(missing, trained, strict=True):
+            results[i] = result
+    return results
 
 
 def _failure(what: str, error: BaseException) -> tuple[None, chunks.WorkerError]:
@@ -249,8 +252,9 @@ def _init_worker(events, parent_pid: int) -> None:
 _worker_runner: tuple[bytes, JobRunner] | None = None  # a worker's context and its runner
 
 
-def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
-    """Worker side: train the chunk, then run its jobs through Hydra's job machinery.
+def run_jobs_in_worker(context: bytes, batch: list[Job], known: list | None = None) -> bytes:
+    """Worker side: train the chunk (its runs not ``known`` already), then run its jobs through Hydra's
+    job machinery.
 
     ``context`` is the cloudpickled (Hydra singletons, hydra context, task function, composer with
     its templates): as in Hydra's joblib launcher, which ships the same through loky; plain pickle
@@ -259,7 +263,7 @@ def run_jobs_in_worker(context: bytes, batch: list[Job]) -> bytes:
     returned JobReturns go back the same way (cloudpickled list of (job index, JobReturn)).
     """
     runner = _runner_for(context)
-    returns = runner.run_all(batch, _train(batch))
+    returns = runner.run_all(batch, _train(batch, known))
     return cloudpickle.dumps(list(returns.items()))
 
 
@@ -285,6 +289,9 @@ def _launch_on_processes(
         (Singleton.get_state(), launcher.hydra_context, launcher.task_function, runner.composer)
     )
     returns: dict[int, JobReturn] = {}
+    chunks.warm_up()  # forked workers start with it (and the sweep's end has it)
+    ahead = train_ahead.ready()
+    train_ahead.stop()  # its core is the workers' now: they train the runs it has not sent
     start = worker_context()
     events = start.SimpleQueue()
     pool = ProcessPoolExecutor(
@@ -297,7 +304,8 @@ def _launch_on_processes(
         with _thread_env(**SINGLE_THREAD_BLAS):
             for members in plan:
                 batch = [jobs[i] for i in members]
-                batches[pool.submit(run_jobs_in_worker, context, batch)] = batch
+                known = [ahead.get(job.spec) for job in batch]
+                batches[pool.submit(run_jobs_in_worker, context, batch, known)] = batch
         relay.start()
         pending = set(batches)
         while pending:

@@ -7,6 +7,10 @@ commas); a chunk of runs that holds SEED then meets the fault:
   dies on the spot (as an out-of-memory kill would); no effect in the launching process;
 - ``here``: training raises in the launching process only (so a small sweep succeeds only with
   its runs trained ahead);
+- ``worker``: training raises in a launcher's worker process only (so a sweep with workers succeeds
+  only with its runs trained ahead);
+- ``ahead:0``: the launching process starts its workers only once the child training ahead has
+  sent all it trains (so that the workers get every run it trained, however loaded the machine);
 - ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
 - ``plot``: rendering the run's plots raises (in whichever process renders them);
 - ``summary:0``: the sweep's summary at its end raises;
@@ -60,6 +64,8 @@ if _faults:
                 os._exit(9)
             if kind == "here" and multiprocessing.parent_process() is None and not _ahead():
                 raise RuntimeError("injected: no training in the launching process")
+            if kind == "worker" and multiprocessing.parent_process() is not None:
+                raise RuntimeError("injected: no training in the launcher's workers")
             if kind == "slow":
                 time.sleep(2)
         return _real_train_chunk(specs)
@@ -89,6 +95,21 @@ if _faults:
             return _real_start_run(store, spec, *args, **kwargs)
 
         _writing.start_run = _start_run
+
+    if any(kind == "ahead" for kind, _, _ in _faults):
+        import xorexp.train_ahead as _train_ahead
+
+        _real_ready = _train_ahead.ready
+
+        def _ready():
+            running = _train_ahead._running
+            deadline = time.monotonic() + 120
+            while running is not None and running.proc.poll() is None and time.monotonic() < deadline:
+                running._receive(wait=False)  # its output must not fill the pipe meanwhile
+                time.sleep(0.05)
+            return _real_ready()
+
+        _train_ahead.ready = _ready
 
     if any(kind == "summary" for kind, _, _ in _faults):
         import xorexp.report as _report
