@@ -167,3 +167,37 @@ def test_a_sweep_is_counted_without_expanding_it_and_capped_before_it_starts():
     refused = r"^invalid sweep: 200,000 jobs \(lr: 2 x seed: 100,000\); one command"
     with pytest.raises(ConfigError, match=refused):
         config.check_sweep_size(_sweep_cfg("lr=0.1,1", "seed=range(0,100000)"))
+
+
+def test_an_interrupt_a_library_wrapped_is_still_an_interrupt():
+    """A SIGTERM that lands while Hydra composes a job's config reaches the entry point as Hydra's
+    ``ConfigCompositionException`` (seen under load): it must end the command as an interrupt (143,
+    one "interrupted" line), not as bad input (2)."""
+    import signal
+
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from xorexp.app import outcome, unwrapped
+    from xorexp.errors import Abort, Interrupted
+
+    try:
+        try:
+            try:
+                raise Interrupted(signal.SIGTERM)
+            except BaseException as interrupt:
+                raise OmegaConfBaseException("while resolving") from interrupt
+        except OmegaConfBaseException as wrapped:
+            raise ConfigCompositionException() from wrapped
+    except ConfigCompositionException as error:
+        assert isinstance(unwrapped(error), Interrupted)
+        assert outcome(error) == (143, "interrupted (SIGTERM)")
+    plain = ConfigCompositionException("bad override")
+    assert unwrapped(plain) is plain and outcome(plain) == (2, "bad override")
+    try:
+        try:
+            raise Interrupted(signal.SIGINT)
+        except BaseException:
+            raise Abort("the store failed", 3) from None
+    except Abort as decided:  # an Abort is xorexp's own decision: it stands
+        assert outcome(decided) == (3, "the store failed")

@@ -72,8 +72,23 @@ def _traceback_file(error: BaseException) -> Path:
     return Path(name)
 
 
+def unwrapped(error: BaseException) -> BaseException:
+    """The interrupt behind an error, if a library turned one into its own exception (Hydra makes a
+    Ctrl-C or SIGTERM that lands in OmegaConf while it composes a job's config a
+    ``ConfigCompositionException``); else the error itself."""
+    seen = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen and not isinstance(error, Abort):
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return error
+
+
 def outcome(error: BaseException) -> tuple[int, str]:
     """The exit status and the one line for an error that stopped the command."""
+    error = unwrapped(error)
     if isinstance(error, Abort):
         return error.status, error.message
     if isinstance(error, KeyboardInterrupt):
@@ -100,6 +115,7 @@ def cli() -> None:
     except BaseException as error:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        error = unwrapped(error)  # an interrupt ends the sweep's runs KILLED, however it reached here
         status, message = outcome(error)
         running = sweep.current()
         if running is not None:
