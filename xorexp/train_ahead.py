@@ -24,8 +24,10 @@ the same either way. The child is stopped when the sweep ends, however it ends; 
 (the launching process decides) and exits by itself when the launching process is gone.
 
 The child: ``python -m xorexp.train_ahead``, specs pickled on stdin; on stdout, one frame per chunk
-(8-byte length, then ``("ok", results)`` pickled), or one ``("error", traceback)`` frame. It imports
-NumPy and the engine only.
+(8-byte length, then ``("ok", results)`` pickled), or one ``("error", traceback)`` frame. Its stdout
+is a temporary file, not a pipe: the launching process reads only when it needs results, and a
+pipe's 64 kB (one chunk's results) would have the child wait for it instead of training on. It
+imports NumPy and the engine only.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ import itertools
 import logging
 import os
 import pickle
-import select
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +56,7 @@ CHUNK = 64  # runs per chunk the child trains and sends at most: what is ready w
 MAX_RUNS = 1000  # the first runs of a bigger sweep only: ~41 kB of specs, within a pipe's buffer (the
 # launching process never waits to hand them over), and more than its workers' start leaves time for
 FRAME = struct.Struct("<Q")  # a frame's length, before its pickle
+POLL_S = 0.01  # how often the launching process looks for a frame it waits for
 LAUNCHER = "hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher.VectorizedLauncher"
 SWEEPER = "hydra_plugins.xorexp_grid_sweeper.xorexp_grid_sweeper.XorexpGridSweeper"
 STOP_WAIT_S = 2.0  # how long a stopped child gets before it is killed
@@ -138,11 +142,13 @@ class Ahead:
         self.ended = False  # the child's output is over (all sent, failed, or gone)
         self.warmed = False
         self.buffer = b""
+        self.out = tempfile.TemporaryFile(prefix="xorexp-ahead-")  # the child's frames (no name)
+        self.offset = 0  # of the next byte to read
         env = {**os.environ, **SINGLE_THREAD_BLAS}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xorexp.train_ahead", str(os.getpid())],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=self.out,
             stderr=subprocess.DEVNULL,  # what goes wrong comes back on stdout, or the launcher trains
             env=env,
         )
@@ -183,16 +189,23 @@ class Ahead:
         """Read what the child has written: until one more frame or its end (``wait``), or what is
         there now (and the rest of a frame begun: the child is writing it). Its end, failure or
         garbage ends the reading; the results read so far stay."""
-        fd = self.proc.stdout.fileno()
+        fd = self.out.fileno()
         try:
-            while not self.ended and (wait or self.buffer or select.select([fd], [], [], 0)[0]):
-                data = os.read(fd, 1 << 20)
-                if not data:
+            while not self.ended:
+                exited = self.proc.poll() is not None  # before reading: then nothing comes after
+                data = os.pread(fd, 1 << 20, self.offset)
+                if data:
+                    self.offset += len(data)
+                    self.buffer += data
+                    if self._frames() and wait:
+                        return
+                    continue
+                if exited:
                     self._end("its output ended")
                     return
-                self.buffer += data
-                if self._frames() and wait:
+                if not wait and not self.buffer:
                     return
+                time.sleep(POLL_S)
         except Exception:
             log.debug("reading the process training ahead failed: the launcher trains", exc_info=True)
             self._end("unreadable")
@@ -233,7 +246,7 @@ class Ahead:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.proc.stdout.close()
+        self.out.close()
 
 
 def _child(parent_pid: int) -> None:
