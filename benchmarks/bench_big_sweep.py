@@ -4,10 +4,12 @@
 
 Runs ``python -m xorexp -m lr=<10 values> seed=range(0,N) iterations=I`` (10,000 runs by default, the
 vectorized launcher, full tracking) into a fresh sqlite store in a temp dir. Meanwhile it polls every
-~0.5 s the command's process tree (/proc/<pid>/status, VmHWM: the peak resident set so far) and keeps
-the largest value seen per pid. Then it prints the wall time, each process's peak RSS (launching
-process, workers, others) and checks the store: FINISHED child runs, params and metrics per run, loss
-points. Prints figures; asserts nothing (a missing run is reported, not raised).
+~0.5 s the command's process tree (/proc/<pid>/status, VmHWM: the peak resident set so far; and
+/proc/<pid>/smaps_rollup, Pss: the process's share of the pages it shares, e.g. a forked worker's
+pages still shared with the launching process) and keeps the largest values seen per pid. Then it
+prints the wall time, each process's peak RSS and largest PSS seen (launching process, workers,
+others) and checks the store: FINISHED child runs, params and metrics per run, loss points. Prints
+figures; asserts nothing (a missing run is reported, not raised).
 """
 
 from __future__ import annotations
@@ -54,15 +56,31 @@ def peak_rss_kb(pid: int) -> int | None:
     return None
 
 
+def pss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
 def role_of(pid: int, root: int) -> str:
     if pid == root:
         return "launching process"
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmdline = _cmdline(pid)
+        if "multiprocessing.spawn" in cmdline:
+            return "worker"
+        if cmdline == _cmdline(root):
+            return "worker (forked)"
     except OSError:
         return "gone"
-    if "multiprocessing.spawn" in cmdline:
-        return "worker"
     if "resource_tracker" in cmdline:
         return "resource tracker"
     return cmdline[:60].strip() or "?"
@@ -113,6 +131,7 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("MLFLOW_TRACKING_URI", None)
         peaks: dict[int, tuple[str, int]] = {}
+        pss: dict[int, int] = {}
         start = time.perf_counter()
         with open(where / "bench.stdout", "wb") as out, open(where / "bench.stderr", "wb") as err:
             proc = subprocess.Popen(command, cwd=where, env=env, stdout=out, stderr=err,
@@ -123,6 +142,9 @@ def main() -> None:
                     if rss is not None and rss > peaks.get(pid, ("", 0))[1]:
                         role = peaks[pid][0] if pid in peaks else role_of(pid, proc.pid)
                         peaks[pid] = (role, rss)
+                    share = pss_kb(pid)
+                    if share is not None and share > pss.get(pid, 0):
+                        pss[pid] = share
                 time.sleep(POLL_S)
         wall = time.perf_counter() - start
         finished, lines = check_store(where / "mlflow.db", n_runs, args.iterations)
@@ -131,9 +153,10 @@ def main() -> None:
               f"{proc.returncode}; {finished} runs FINISHED ({per_run:.1f} ms per FINISHED run)")
         if proc.returncode != 0:
             print((where / "bench.stderr").read_text()[-2000:])
-        print("peak RSS (VmHWM) per process:")
+        print("peak RSS (VmHWM) and largest PSS seen, per process:")
         for pid, (role, rss) in sorted(peaks.items(), key=lambda item: (item[1][0], item[0])):
-            print(f"  {role:<20} pid {pid:>7}: {rss / 1024:7.1f} MiB")
+            share = pss.get(pid, 0) / 1024
+            print(f"  {role:<20} pid {pid:>7}: {rss / 1024:7.1f} MiB RSS, {share:7.1f} MiB PSS")
         for line in lines:
             print(line)
 
