@@ -76,9 +76,11 @@ def unwrapped(error: BaseException) -> BaseException:
     """The interrupt behind an error, if a library turned one into its own exception (Hydra makes a
     Ctrl-C or SIGTERM that lands in OmegaConf while it composes a job's config a
     ``ConfigCompositionException``); else the error itself."""
+    if isinstance(error, Abort):  # xorexp's own decision, whatever it was handling: it stands
+        return error
     seen = set()
     cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen and not isinstance(error, Abort):
+    while cause is not None and id(cause) not in seen:
         if isinstance(cause, KeyboardInterrupt):
             return cause
         seen.add(id(cause))
