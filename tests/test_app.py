@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import read_artifact_json, run_cli, runs_of
+from tests.conftest import ROOT, read_artifact_json, run_cli, runs_of
 from xorexp.errors import ConfigError
 from xorexp.train import RunSpec, train
 
@@ -169,18 +172,14 @@ def test_a_sweep_is_counted_without_expanding_it_and_capped_before_it_starts():
         config.check_sweep_size(_sweep_cfg("lr=0.1,1", "seed=range(0,100000)"))
 
 
-def test_an_interrupt_a_library_wrapped_is_still_an_interrupt():
-    """A SIGTERM that lands while Hydra composes a job's config reaches the entry point as Hydra's
-    ``ConfigCompositionException`` (seen under load): it must end the command as an interrupt (143,
-    one "interrupted" line), not as bad input (2)."""
-    import signal
+OUTCOMES = """
+import json, signal
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import OmegaConfBaseException
+from xorexp.app import outcome
+from xorexp.errors import Abort, Interrupted
 
-    from hydra.errors import ConfigCompositionException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from xorexp.app import outcome, unwrapped
-    from xorexp.errors import Abort, Interrupted
-
+def wrapped_interrupt():
     try:
         try:
             try:
@@ -190,14 +189,34 @@ def test_an_interrupt_a_library_wrapped_is_still_an_interrupt():
         except OmegaConfBaseException as wrapped:
             raise ConfigCompositionException() from wrapped
     except ConfigCompositionException as error:
-        assert isinstance(unwrapped(error), Interrupted)
-        assert outcome(error) == (143, "interrupted (SIGTERM)")
-    plain = ConfigCompositionException("bad override")
-    assert unwrapped(plain) is plain and outcome(plain) == (2, "bad override")
+        return error
+
+def abort_while_interrupted():
     try:
         try:
             raise Interrupted(signal.SIGINT)
         except BaseException:
             raise Abort("the store failed", 3) from None
-    except Abort as decided:  # an Abort is xorexp's own decision: it stands
-        assert outcome(decided) == (3, "the store failed")
+    except Abort as decided:
+        return decided
+
+print(json.dumps([outcome(wrapped_interrupt()), outcome(ConfigCompositionException("bad override")),
+                  outcome(abort_while_interrupted())]))
+"""
+
+
+def test_an_interrupt_a_library_wrapped_is_still_an_interrupt():
+    """A SIGTERM that lands while Hydra composes a job's config reaches the entry point as Hydra's
+    ``ConfigCompositionException`` (seen under load): it ends the command as an interrupt (143, one
+    "interrupted" line), not as bad input (2); an Abort (xorexp's own decision) stands. In a child
+    process: importing the entry point registers xorexp's configs with Hydra, which this process's
+    Hydra tests must not see."""
+    proc = subprocess.run(
+        [sys.executable, "-c", OUTCOMES], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    wrapped, plain, decided = json.loads(proc.stdout)
+    assert wrapped == [143, "interrupted (SIGTERM)"]
+    assert plain == [2, "bad override"]
+    assert decided == [3, "the store failed"]

@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xorexp import sweep
 from xorexp.config import register, to_run_spec
-from xorexp.errors import BAD_INPUT, FAILED, Abort, ConfigError, Interrupted, fail, say
+from xorexp.errors import BAD_INPUT, FAILED, Abort, ConfigError, Interrupted, fail, say, unwrapped
 from xorexp.job import handed, run_tracked
 from xorexp.subprocesses import quick_teardown
 
@@ -70,22 +70,6 @@ def _traceback_file(error: BaseException) -> Path:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     return Path(name)
-
-
-def unwrapped(error: BaseException) -> BaseException:
-    """The interrupt behind an error, if a library turned one into its own exception (Hydra makes a
-    Ctrl-C or SIGTERM that lands in OmegaConf while it composes a job's config a
-    ``ConfigCompositionException``); else the error itself."""
-    if isinstance(error, Abort):  # xorexp's own decision, whatever it was handling: it stands
-        return error
-    seen = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return error
 
 
 def outcome(error: BaseException) -> tuple[int, str]:

@@ -60,3 +60,19 @@ def fail(error: Exception | str, status: int = BAD_INPUT) -> NoReturn:
 def say(message: str) -> None:
     """One line for the user on stderr, prefixed ``xorexp:``."""
     print(f"xorexp: {message}", file=sys.stderr, flush=True)
+
+
+def unwrapped(error: BaseException) -> BaseException:
+    """The interrupt behind an error, if a library turned one into its own exception (Hydra makes a
+    Ctrl-C or SIGTERM that lands in OmegaConf while it composes a job's config a
+    ``ConfigCompositionException``); else the error itself."""
+    if isinstance(error, Abort):  # xorexp's own decision, whatever it was handling: it stands
+        return error
+    seen = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return error

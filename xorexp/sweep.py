@@ -34,12 +34,17 @@ from xorexp.subprocesses import launching_only
 from xorexp.tracking import reading, writing
 from xorexp.tracking.store import Store
 from xorexp.tracking.tags import TAG_ORPHAN, TAG_OVERRIDES, TAG_SWEEP
-from xorexp.tracking.uri import describe_store_error, redact
+from xorexp.tracking.uri import describe_store_error, redact, store_kind
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".xorexp.lock"  # held by the launching process for the sweep's whole life
 LOG_FILE = "xorexp.log"  # the launching process's log of the sweep (job logs are in the job dirs)
+# A sweep stopped early on a tracking server: requests its stopped workers had sent (a run's create
+# among them) may still reach the server after the sweep has ended the runs it found RUNNING; it looks
+# again for this long (the next command ends later ones: their writer process is gone)
+LATE_REQUESTS_S = 2.0
+LATE_POLL_S = 0.25
 
 _current: Sweep | None = None
 
@@ -205,11 +210,14 @@ class Sweep:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a dead server: one try per call, not minutes
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
         try:
-            running = [run.info.run_id for run in reading.running_children(self.store, self.parent.run_id)]
-            for run_id in running:
-                writing.finish_run(self.store, run_id, status)
+            count = self._end_running(status)
+            if store_kind(self.store.uri) == "server":  # a stopped worker's last requests may land still
+                deadline = time.monotonic() + LATE_REQUESTS_S
+                while time.monotonic() < deadline:
+                    time.sleep(LATE_POLL_S)
+                    count += self._end_running(status)
             writing.finish_run(self.store, self.parent.run_id, status)
-            ended = len(running)
+            ended = count
         except Exception:
             log.warning("could not end the sweep's runs", exc_info=True)
         self._close()
@@ -220,6 +228,13 @@ class Sweep:
             runs = f"; {ended} unfinished run(s) and the parent marked {status}"
         resume = f"; resume: {resume_command()}" if interrupted or done else ""
         return f"{done}{of} jobs done{runs}{resume}"
+
+    def _end_running(self, status: str) -> int:
+        """End the sweep's runs still RUNNING; how many there were."""
+        running = [run.info.run_id for run in reading.running_children(self.store, self.parent.run_id)]
+        for run_id in running:
+            writing.finish_run(self.store, run_id, status)
+        return len(running)
 
     def _end_parent(self, status: str) -> None:
         try:
