@@ -46,24 +46,23 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def peak_rss_kb(pid: int) -> int | None:
+def _proc_kb(pid: int, file: str, field: str) -> int | None:
+    """A ``field:  <n> kB`` line of /proc/<pid>/<file>, in kB (None: the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    return _proc_kb(pid, "status", "VmHWM:")
 
 
 def pss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return _proc_kb(pid, "smaps_rollup", "Pss:")
 
 
 def _cmdline(pid: int) -> str:

@@ -219,7 +219,9 @@ def _process_alive(pid: int) -> bool:
 def close_engines() -> None:
     """Close every SQL connection MLflow pooled in this process (its tracking stores' engines, which
     the SQL writer shares): a sqlite store's last connection checkpoints its WAL into the database
-    file and removes ``-wal``/``-shm``. Called at exit (``xorexp.subprocesses.quick_teardown``)."""
+    file and removes ``-wal``/``-shm``. Called at exit (``xorexp.subprocesses.quick_teardown``) and
+    before the launcher's workers are forked (``xorexp.subprocesses.worker_context``): the next use
+    opens a new connection."""
     module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
     if module is None:  # MLflow's SQL store never loaded: no engine
         return
