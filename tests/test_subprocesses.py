@@ -88,3 +88,66 @@ def test_a_forked_child_lets_go_of_the_sweep_directory_and_its_log(tmp_path):
         assert sweep_log.handler in logging.getLogger("xorexp").handlers
         assert len(subprocesses._launching_only) == 2
     assert subprocesses._launching_only == {}  # taken back when the sweep let go
+
+
+ASIDE = r"""
+import json, os, signal, sys, threading, time
+from xorexp.subprocesses import AsideFailed, aside
+
+seen = {}
+with aside(lambda: (os.getpid(), sum(range(1000)))) as child:
+    pid, value = child.result()
+seen["value"] = value
+seen["computed elsewhere"] = pid != os.getpid()
+
+def fails():
+    raise ValueError("boom")
+
+with aside(fails) as child:
+    try:
+        child.result()
+    except AsideFailed:
+        seen["raised"] = "AsideFailed"
+
+with aside(lambda: time.sleep(60)) as child:
+    os.kill(child.pid, signal.SIGKILL)
+    try:
+        child.result()
+    except AsideFailed:
+        seen["killed"] = "AsideFailed"
+
+try:
+    with aside(lambda: time.sleep(60)) as child:
+        left = child.pid
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    pass
+try:
+    os.kill(left, 0)
+    seen["left behind"] = True
+except ProcessLookupError:  # killed and reaped when the block was left
+    seen["left behind"] = False
+
+stop = threading.Event()
+threading.Thread(target=stop.wait).start()
+with aside(lambda: 1) as child:
+    seen["with a thread"] = child
+stop.set()
+print(json.dumps(seen))
+"""
+
+
+def test_aside_computes_in_a_forked_child_and_never_leaves_it_behind():
+    proc = subprocess.run(
+        [sys.executable, "-c", ASIDE],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "value": 499500,
+        "computed elsewhere": True,
+        "raised": "AsideFailed",
+        "killed": "AsideFailed",
+        "left behind": False,
+        "with a thread": None,  # forking is not safe then: the caller does it itself
+    }

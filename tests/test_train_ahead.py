@@ -8,8 +8,10 @@ over, as before. Signals show the child never outlives the sweep.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +20,8 @@ import pytest
 
 from tests.conftest import process_alive, run_cli, runs_of, store_snapshot
 from tests.test_faults import by_status, error_lines, fault_env, spawn
-from xorexp import train_ahead
+from xorexp import chunks, train_ahead
+from xorexp.params import run_name
 from xorexp.train import RunSpec, train
 
 pytestmark = pytest.mark.slow
@@ -146,7 +149,7 @@ def _same(a, b) -> bool:
 
 def test_the_child_sends_its_chunks_as_they_are_trained_and_each_run_is_taken_once():
     specs = [RunSpec(lr=lr, seed=seed, iterations=300) for lr in (0.5, 4.0) for seed in range(65)]  # 3 chunks
-    ahead = train_ahead.Ahead(specs, chunk_size=1000)
+    ahead = train_ahead.Ahead(specs, chunk_size=1000, plots=False)
     try:
         first = ahead.take(specs[:64])  # waits for the chunks holding them only
         assert all(_same(got, want) for got, want in zip(first, train(specs[:64]), strict=True))
@@ -164,7 +167,7 @@ def test_the_child_sends_its_chunks_as_they_are_trained_and_each_run_is_taken_on
 def test_a_child_gone_midway_leaves_what_it_sent_and_the_rest_to_the_launcher():
     quick = [RunSpec(hidden_units=2, lr=0.5, seed=seed, iterations=300) for seed in range(5)]
     endless = [RunSpec(hidden_units=3, lr=0.5, seed=seed, iterations=50_000_000) for seed in range(5)]
-    ahead = train_ahead.Ahead(quick + endless, chunk_size=1000)  # two chunks: hidden_units differ
+    ahead = train_ahead.Ahead(quick + endless, chunk_size=1000, plots=False)  # two chunks: h differs
     try:
         assert ahead.take(quick) is not None
         assert ahead.ready() == {}  # the second chunk is minutes away
@@ -179,13 +182,39 @@ def test_a_child_gone_midway_leaves_what_it_sent_and_the_rest_to_the_launcher():
 def test_the_child_trains_everything_while_nobody_reads_and_one_look_takes_it_all():
     """The launcher reads when its workers start, once (``ready``), seconds after the child started:
     meanwhile the child trains on, whatever it has written (~2 MB here: a pipe, 64 kB, would have
-    stopped it after its first chunk)."""
+    stopped it after its first chunk), then renders every run's plots: the bytes a job renders."""
     specs = [RunSpec(lr=0.5, seed=seed, iterations=10_000, trace_every=10) for seed in range(256)]
     ahead = train_ahead.Ahead(specs, chunk_size=1000)
     try:
-        assert ahead.proc.wait(120) == 0  # all trained and written, nothing read
+        assert ahead.proc.wait(120) == 0  # all trained, rendered and written, nothing read
         got = ahead.ready()
         assert set(got) == set(specs)
-        assert all(_same(got[spec], result) for spec, result in zip(specs, train(specs), strict=True))
+        assert all(isinstance(known, tuple) for known in got.values())  # (result, plots) each
+        expected = train(specs)
+        assert all(_same(got[spec][0], result) for spec, result in zip(specs, expected, strict=True))
+        for result in expected[:3] + expected[-3:]:
+            pngs = got[result.spec][1]
+            assert pngs == chunks.render_run_plots(result, run_name(result.spec))
+            assert set(pngs) == {chunks.LEARNING_CURVE, chunks.DECISION_BOUNDARY}
     finally:
         ahead.stop()
+
+
+def test_a_run_whose_plots_fail_in_the_child_is_left_to_its_job():
+    """The child's rendering raises for one run (fault ``plot``, in whichever process renders): the
+    other runs come with their plots, that one without (its job renders them, and fails there)."""
+    env = {**os.environ, **fault_env("plot:2")}
+    code = (
+        "import pickle, sys\n"
+        "from xorexp import train_ahead\n"
+        "from xorexp.train import RunSpec\n"
+        "specs = [RunSpec(lr=0.5, seed=seed, iterations=300) for seed in range(4)]\n"
+        "ahead = train_ahead.Ahead(specs, chunk_size=1000)\n"
+        "ahead.proc.wait(60)\n"
+        "got = ahead.ready()\n"
+        "ahead.stop()\n"
+        "print(sorted((spec.seed, isinstance(known, tuple)) for spec, known in got.items()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(0, True), (1, True), (2, False), (3, True)]"

@@ -10,7 +10,9 @@ corrupt one, an unknown experiment or run, a run that is not a sweep) is one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import sqlite3
@@ -22,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from xorexp import summary
+from xorexp import subprocesses, summary
 from xorexp.config import sweep_overrides
 from xorexp.params import INT_KEYS, RESULT_KEYS, param_text
 from xorexp.tracking import reading, writing
@@ -50,6 +52,8 @@ UI_PORT = 5000  # python -m xorexp.ui's default port
 UI_QUERY = "?workflowType=machine_learning"  # the MLflow UI's model-training view (see run_url)
 MAX_NOTE_ROWS = 30  # groups shown in the parent's description; all of them are in summary.csv
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+# the best group's figures logged on the parent as best.<name>
+BEST_METRICS = ("success_rate", "final_loss_median", "final_loss_mean", "final_loss_std", "solved_at_median")
 
 
 def collect(store: Store, parent_run_id: str, reused_ids: list[str] | None = None) -> list:
@@ -120,22 +124,27 @@ def finish_sweep(
     metrics: dict[str, float] = {"runs": float(len(records)), "failed_jobs": float(failed)}
     tags = {TAG_REUSED: str(len(reused_ids))}
     best = groups[0] if groups and groups[0].n_seeds else None
-    if best is not None:
-        names = ("success_rate", "final_loss_median", "final_loss_mean", "final_loss_std", "solved_at_median")
-        for name in names:
-            value = getattr(best, name)
-            if value is not None:
-                metrics[f"best.{name}"] = float(value)
-        tags[TAG_BEST_RUN] = best.best_run_id or ""
-        tags.update({f"{TAG_BEST_PREFIX}{key}": _group_value(best, key) for key in best.params})
-        if best.best_run_id and log_best_model(store, best.best_run_id):
-            tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{MODEL_NAME}"
-    tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
-    figures = {}
+    makers, apart = {}, {}
     if records:
         from xorexp import sweep_plots  # matplotlib: loaded when a sweep ends, not by every command
 
-        figures = sweep_plots.sweep_figures(groups, records, loss_curves(store, groups, traces))
+        makers = sweep_plots.sweep_figure_makers(groups, records, loss_curves(store, groups, traces))
+        if sweep_plots.LOSS_CURVES in makers:  # the costliest figure: drawn in a child meanwhile
+            apart[sweep_plots.LOSS_CURVES] = makers.pop(sweep_plots.LOSS_CURVES)
+    drawing = subprocesses.aside(functools.partial(_pngs, apart)) if apart else contextlib.nullcontext()
+    with drawing as child:
+        if best is not None:
+            for name in BEST_METRICS:
+                value = getattr(best, name)
+                if value is not None:
+                    metrics[f"best.{name}"] = float(value)
+            tags[TAG_BEST_RUN] = best.best_run_id or ""
+            tags.update({f"{TAG_BEST_PREFIX}{key}": _group_value(best, key) for key in best.params})
+            if best.best_run_id and log_best_model(store, best.best_run_id):
+                tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{MODEL_NAME}"
+        tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
+        figures = {path: make() for path, make in makers.items()}
+        blobs = _made_aside(child, apart) if apart else {}
     writing.log_to_run(
         store,
         parent_run_id,
@@ -143,6 +152,7 @@ def finish_sweep(
         tags=tags,
         files={"summary.csv": summary.to_csv(groups), REUSED_ARTIFACT: json.dumps(reused_ids)},
         figures=figures,
+        blobs=blobs,
     )
     status = "FAILED" if failed else "FINISHED"
     writing.finish_run(store, parent_run_id, status)
@@ -152,6 +162,23 @@ def finish_sweep(
         rate = f"{best.n_solved}/{best.n_seeds} solved"
         print(f"best: run {best.best_run_id} ({config}; {rate})", flush=True)
     return failed
+
+
+def _pngs(makers: Mapping[str, Any]) -> dict[str, bytes]:
+    from xorexp import sweep_plots
+
+    return {path: sweep_plots.png(make()) for path, make in makers.items()}
+
+
+def _made_aside(child: subprocesses.Aside | None, makers: Mapping[str, Any]) -> dict[str, bytes]:
+    """The PNGs of the figures ``makers`` make (artifact path -> function): the child's, or made here
+    if there is no child or it failed (what failed there then fails here, with its traceback)."""
+    if child is not None:
+        try:
+            return child.result()
+        except subprocesses.AsideFailed:
+            log.debug("the figures drawn apart failed: drawn here", exc_info=True)
+    return _pngs(makers)
 
 
 def run_url(experiment_id: str, run_id: str, base: str = "") -> str:

@@ -1,5 +1,7 @@
 """Figures of a sweep: what varied, every run coloured by outcome, how sure (success rate, final
-loss, loss curves, success heatmap), returned as Figures by artifact path (``sweep_figures``).
+loss, loss curves, success heatmap), returned as Figures by artifact path (``sweep_figures``), or as
+the functions that make them (``sweep_figure_makers``: the sweep's end makes the costliest in another
+process while it does the rest).
 
 They only draw: every number shown (groups, pooled counts, medians, bands, intervals, the order of
 the x values, which values vary) comes from ``xorexp.summary``. Figures are returned, never saved
@@ -8,8 +10,10 @@ or logged here.
 
 from __future__ import annotations
 
+import functools
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
@@ -23,6 +27,7 @@ from xorexp import summary
 from xorexp.plot_style import OUTCOME_COLORS, new_figure, plain_log
 
 SWEEP_PX = (900, 560)
+LOSS_CURVES = "plots/loss_curves.png"  # the costliest figure: every run's trace, a panel per group
 
 MAX_RUNS_DRAWN = 50  # a group with more seeds shows solved and stuck as separate summaries
 MIN_MEDIAN = 3  # a median is drawn over at least this many runs (of one or two it is the runs)
@@ -389,21 +394,37 @@ def sweep_figures(
     - one value varied (or more, not both of those): ``plots/success_rate_vs_<key>.png`` and
       ``plots/final_loss_vs_<key>.png``;
     - only seeds: ``plots/success_rate.png`` and ``plots/final_loss.png`` of the one group;
-    - always, when ``curves`` are given: ``plots/loss_curves.png``.
+    - always, when ``curves`` are given: ``plots/loss_curves.png`` (``LOSS_CURVES``).
 
     ``curves[i]``: the (steps, values) traces of ``groups[i].run_ids``.
     """
+    return {path: make() for path, make in sweep_figure_makers(groups, records, curves).items()}
+
+
+def sweep_figure_makers(
+    groups: Sequence[summary.GroupSummary],
+    records: Sequence[summary.RunRecord],
+    curves: Sequence[Sequence[tuple[Any, Any]]] | None = None,
+) -> dict[str, Callable[[], Figure]]:
+    """``sweep_figures``, each figure made when its function is called (apart: in another process)."""
     if not groups:
         return {}
     gruns = summary.figure_groups(groups, records, curves)
     x_key, series_key = summary.figure_axes(groups)
     suffix = f"_vs_{x_key}" if x_key else ""
-    figures: dict[str, Figure] = {}
+    makers: dict[str, Callable[[], Figure]] = {}
     if x_key == "lr" and series_key == "hidden_units":
-        figures["plots/success_rate_heatmap.png"] = success_heatmap(groups)
+        makers["plots/success_rate_heatmap.png"] = functools.partial(success_heatmap, groups)
     else:
-        figures[f"plots/success_rate{suffix}.png"] = success_rate(gruns, x_key, series_key)
-    figures[f"plots/final_loss{suffix}.png"] = final_loss(gruns, x_key, series_key)
+        makers[f"plots/success_rate{suffix}.png"] = functools.partial(success_rate, gruns, x_key, series_key)
+    makers[f"plots/final_loss{suffix}.png"] = functools.partial(final_loss, gruns, x_key, series_key)
     if curves is not None:
-        figures["plots/loss_curves.png"] = loss_curves(gruns)
-    return figures
+        makers[LOSS_CURVES] = functools.partial(loss_curves, gruns)
+    return makers
+
+
+def png(figure: Figure) -> bytes:
+    """The figure as the PNG ``figure.savefig(path)`` writes."""
+    out = io.BytesIO()
+    figure.savefig(out, format="png")
+    return out.getvalue()

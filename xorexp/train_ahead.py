@@ -10,6 +10,13 @@ process meanwhile, chunk after chunk, each chunk's results sent as soon as it is
 - a sweep with workers takes what the child has trained when it starts them (``ready``, without
   waiting) and stops the child: the workers train only the runs missing from it.
 
+Once all its runs are trained, the child renders their plots (``chunks.render_run_plots``, the same
+bytes in any process) while it is left to run: a short sweep's store opens for longer than its
+training takes, and every run's plots rendered there are ~15 ms of work less for the workers. A
+result comes with its plots where the child sent them (``(result, pngs)``, as a launcher hands
+them to a job); a run whose plots the child could not render (or not yet) has them rendered by its
+job, as without this module.
+
 Threads would not do: the engine's small array operations hold the GIL, and so does importing
 (measured: no overlap at all).
 
@@ -24,10 +31,11 @@ the same either way. The child is stopped when the sweep ends, however it ends; 
 (the launching process decides) and exits by itself when the launching process is gone.
 
 The child: ``python -m xorexp.train_ahead``, specs pickled on stdin; on stdout, one frame per chunk
-(8-byte length, then ``("ok", results)`` pickled), or one ``("error", traceback)`` frame. Its stdout
+(8-byte length, then ``("ok", results)`` pickled), or one ``("error", traceback)`` frame; then
+``("plots", [(spec, pngs), ...])`` frames of ``PLOT_CHUNK`` runs. Its stdout
 is a temporary file, not a pipe: the launching process reads only when it needs results, and a
 pipe's 64 kB (one chunk's results) would have the child wait for it instead of training on. It
-imports NumPy and the engine only.
+imports NumPy and the engine, and matplotlib once it has trained everything.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ MIN_RUNS = 16  # the vectorized launcher's MIN_RUNS_FOR_WORKERS: from there on, 
 CHUNK = 64  # runs per chunk the child trains and sends at most: what is ready when workers start
 MAX_RUNS = 1000  # the first runs of a bigger sweep only: ~41 kB of specs, within a pipe's buffer (the
 # launching process never waits to hand them over), and more than its workers' start leaves time for
+PLOT_CHUNK = 8  # runs per frame of plots (~0.4 MB)
 FRAME = struct.Struct("<Q")  # a frame's length, before its pickle
 POLL_S = 0.01  # how often the launching process looks for a frame it waits for
 LAUNCHER = "hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher.VectorizedLauncher"
@@ -62,6 +71,8 @@ SWEEPER = "hydra_plugins.xorexp_grid_sweeper.xorexp_grid_sweeper.XorexpGridSweep
 STOP_WAIT_S = 2.0  # how long a stopped child gets before it is killed
 
 _running: Ahead | None = None
+
+Known = RunResult | tuple[RunResult, dict[str, bytes]]  # a result, with its plots if rendered ahead
 
 
 def grid_specs(config: Any) -> list[RunSpec] | None:
@@ -111,16 +122,18 @@ def start(config: Any) -> Ahead | None:
     return ahead
 
 
-def take(specs: Sequence[RunSpec]) -> list[RunResult] | None:
-    """The results of ``specs`` (in their order) from the child training ahead, waiting for it;
-    None if there is none, it does not have them all, or it failed (the launcher then trains)."""
+def take(specs: Sequence[RunSpec]) -> list[Known] | None:
+    """The results of ``specs`` (in their order) from the child training ahead, waiting for it, each
+    with its plots if the child has sent them already; None if there is none, it does not have them
+    all, or it failed (the launcher then trains)."""
     if _running is None:
         return None
     return _running.take(specs)
 
 
-def ready() -> dict[RunSpec, RunResult]:
-    """What the child training ahead has sent so far, without waiting (empty if there is none)."""
+def ready() -> dict[RunSpec, Known]:
+    """What the child training ahead has sent so far, without waiting (empty if there is none): each
+    run's result, with its plots if it sent them."""
     if _running is None:
         return {}
     return _running.ready()
@@ -135,9 +148,10 @@ def stop() -> None:
 
 
 class Ahead:
-    def __init__(self, specs: list[RunSpec], chunk_size: int) -> None:
+    def __init__(self, specs: list[RunSpec], chunk_size: int, plots: bool = True) -> None:
         self.specs = set(specs)
         self.results: dict[RunSpec, RunResult] = {}
+        self.plots: dict[RunSpec, dict[str, bytes]] = {}
         self.taken: set[RunSpec] = set()
         self.ended = False  # the child's output is over (all sent, failed, or gone)
         self.warmed = False
@@ -153,13 +167,13 @@ class Ahead:
             env=env,
         )
         try:
-            self.proc.stdin.write(pickle.dumps((specs, min(chunk_size, CHUNK))))
+            self.proc.stdin.write(pickle.dumps((specs, min(chunk_size, CHUNK), plots)))
             self.proc.stdin.close()
         except OSError:  # the child is gone already: nothing will come
             pass
         log.debug("training %d runs ahead in process %d", len(specs), self.proc.pid)
 
-    def take(self, specs: Sequence[RunSpec]) -> list[RunResult] | None:
+    def take(self, specs: Sequence[RunSpec]) -> list[Known] | None:
         if not all(spec in self.specs and spec not in self.taken for spec in specs):
             return None
         self._warm_up()
@@ -167,15 +181,21 @@ class Ahead:
             self._receive(wait=True)
         if not all(spec in self.results for spec in specs):
             return None
-        found = [self.results[spec] for spec in specs]
+        self._receive(wait=False)  # plots sent meanwhile
+        found = [self._known(spec) for spec in specs]
         for spec in specs:  # kept once only (a sweep's jobs take each run once)
             self.results.pop(spec, None)
+            self.plots.pop(spec, None)
             self.taken.add(spec)
         return found
 
-    def ready(self) -> dict[RunSpec, RunResult]:
+    def ready(self) -> dict[RunSpec, Known]:
         self._receive(wait=False)
-        return dict(self.results)
+        return {spec: self._known(spec) for spec in self.results}
+
+    def _known(self, spec: RunSpec) -> Known:
+        result = self.results[spec]
+        return (result, self.plots[spec]) if spec in self.plots else result
 
     def _warm_up(self) -> None:
         """While the child trains: import what the jobs and the sweep's end import anyway."""
@@ -220,6 +240,9 @@ class Ahead:
             kind, payload = pickle.loads(self.buffer[FRAME.size : FRAME.size + size])
             self.buffer = self.buffer[FRAME.size + size :]
             count += 1
+            if kind == "plots":
+                self.plots.update((spec, pngs) for spec, pngs in payload if spec in self.results)
+                continue
             if kind != "ok":
                 log.debug("training ahead failed, the launcher trains:\n%s", payload)
                 self._end("failed")
@@ -261,13 +284,35 @@ def _child(parent_pid: int) -> None:
         out.flush()
 
     try:
-        specs, chunk_size = pickle.loads(sys.stdin.buffer.read())
+        specs, chunk_size, plots = pickle.loads(sys.stdin.buffer.read())
         from xorexp import chunks  # the launcher's own unit of training
 
+        trained = []
         for members in plan_batches(specs, chunk_size):
-            send(("ok", chunks.train_chunk([specs[i] for i in members])))
+            results = chunks.train_chunk([specs[i] for i in members])
+            send(("ok", results))
+            trained += results
     except Exception:
         send(("error", traceback.format_exc()))
+        return
+    if plots:
+        try:
+            _render(trained, send)
+        except Exception:  # e.g. matplotlib cannot start here: the jobs render their plots
+            pass
+
+
+def _render(results: list[RunResult], send) -> None:
+    """The runs' plots, ``PLOT_CHUNK`` runs a frame. A run whose plots raise is left out (its job
+    renders them, and reports what raises there); anything else going wrong ends the rendering."""
+    from xorexp import chunks
+    from xorexp.params import run_name
+
+    for start in range(0, len(results), PLOT_CHUNK):
+        part = results[start : start + PLOT_CHUNK]
+        rendered = chunks.render_many([(result, run_name(result.spec)) for result in part])
+        sent = zip(part, rendered, strict=True)
+        send(("plots", [(result.spec, pngs) for result, pngs in sent if isinstance(pngs, dict)]))
 
 
 if __name__ == "__main__":

@@ -289,9 +289,13 @@ def _launch_on_processes(
         (Singleton.get_state(), launcher.hydra_context, launcher.task_function, runner.composer)
     )
     returns: dict[int, JobReturn] = {}
-    chunks.warm_up()  # forked workers start with it (and the sweep's end has it)
     ahead = train_ahead.ready()
     train_ahead.stop()  # its core is the workers' now: they train the runs it has not sent
+    # the workers render the plots the child training ahead did not: forked, they start with the
+    # plotter; otherwise only the sweep's end needs it, and it is set up while the workers work
+    rendered = all(isinstance(ahead.get(job.spec), tuple) for job in jobs)
+    if not rendered:
+        chunks.warm_up()
     start = worker_context()
     events = start.SimpleQueue()
     pool = ProcessPoolExecutor(
@@ -307,6 +311,8 @@ def _launch_on_processes(
                 known = [ahead.get(job.spec) for job in batch]
                 batches[pool.submit(run_jobs_in_worker, context, batch, known)] = batch
         relay.start()
+        if rendered:
+            chunks.warm_up()
         pending = set(batches)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -14,6 +14,9 @@ commas); a chunk of runs that holds SEED then meets the fault:
 - ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
 - ``plot``: rendering the run's plots raises (in whichever process renders them);
 - ``summary:0``: the sweep's summary at its end raises;
+- ``aside:0``: the sweep's figures drawn in a forked child at its end (``xorexp.subprocesses.aside``)
+  raise there, after writing ``aside_child_ran`` in the current directory (the launching process
+  then draws them);
 - ``twice``: the run is created twice, the first one left RUNNING and unknown to its job (as when a
   server commits a create_run whose answer times out, and MLflow's client sends it again);
 - ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
@@ -26,6 +29,8 @@ nothing).
 import multiprocessing
 import os
 import time
+
+_STARTED_PID = os.getpid()  # this interpreter's: a process forked from it has another
 
 if os.environ.get("XOREXP_STARTS_DIR"):
     with open("/proc/self/cmdline", "rb") as _cmdline, open(
@@ -110,6 +115,19 @@ if _faults:
             return _real_ready()
 
         _train_ahead.ready = _ready
+
+    if any(kind == "aside" for kind, _, _ in _faults):
+        import xorexp.report as _report
+
+        _real_pngs = _report._pngs
+
+        def _pngs(makers):
+            if os.getpid() != _STARTED_PID:
+                open("aside_child_ran", "w").close()
+                raise RuntimeError("injected: no figure drawn in a forked child")
+            return _real_pngs(makers)
+
+        _report._pngs = _pngs
 
     if any(kind == "summary" for kind, _, _ in _faults):
         import xorexp.report as _report

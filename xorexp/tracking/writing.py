@@ -385,6 +385,7 @@ def log_to_run(
     tags: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
     figures: Mapping[str, Figure] | None = None,
+    blobs: Mapping[str, bytes] | None = None,
 ) -> None:
     """Add params, finite metrics, tags and artifacts to an existing run (e.g. a sweep's parent)."""
     from mlflow.entities import Metric, Param, RunTag
@@ -396,7 +397,7 @@ def log_to_run(
         params=[Param(k, str(v)) for k, v in (params or {}).items()],
         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
     )
-    log_files(store, run_id, files=files, figures=figures)
+    log_files(store, run_id, files=files, figures=figures, blobs=blobs)
 
 
 def start_parent(store: Store, name: str, tags: Mapping[str, str]) -> str:
