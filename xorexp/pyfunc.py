@@ -162,17 +162,6 @@ def save_model(where: Path, run_id: str, params_file: bytes | str | Path) -> Pat
     return local
 
 
-def log_model(store, run_id: str, params_file: bytes | str | Path) -> None:
-    """Add the MLflow model (``runs:/<run_id>/model``) to a run of ``store`` (a ``tracking.store.Store``)
-    that has its params, e.g. a sweep's best run."""
-    from xorexp.tracking import writing
-    from xorexp.tracking.tags import MODEL_NAME
-
-    with tempfile.TemporaryDirectory(prefix="xorexp-model-") as tmp:
-        local = save_model(Path(tmp), run_id, params_file)
-        writing.log_files(store, run_id, dirs={MODEL_NAME: local})
-
-
 def has_model(store, run_id: str) -> bool:
     """Whether the run has an MLflow model at ``model/``."""
     from xorexp.tracking import reading

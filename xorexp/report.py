@@ -17,6 +17,7 @@ import json
 import logging
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,22 +83,59 @@ def loss_curves(store: Store, groups: list, known: Mapping[str, tuple] | None = 
     ]
 
 
-def log_best_model(store: Store, run_id: str) -> bool:
-    """Give the sweep's best run its MLflow model (from its ``model/params.npz``); False if it cannot."""
-    from xorexp import pyfunc  # MLflow's model code and pandas: only when a sweep ends
+class BestModel:
+    """The sweep's best run's MLflow model, made from its ``model/params.npz``: the model directory
+    saved (``save``: the params read from the store, then MLflow's ``save_model``, ~0.3-0.9 s of CPU
+    the first time in a process, most of it MLflow checking the environment's packages), then
+    logged to the run (``log``). ``save`` may run in a forked child (its reads open their own
+    connection). Whatever fails is a warning: the sweep's parent then names no model."""
 
-    try:
-        if pyfunc.has_model(store, run_id):
+    PRESENT = "present"  # ``save``'s answer when the run has its model already
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.tmp = tempfile.TemporaryDirectory(prefix="xorexp-model-")  # its owner removes it
+
+    def save(self, where: str = "apart") -> str | None:
+        """The saved model directory's path (under a folder of its own, ``where``), ``PRESENT``, or
+        None when the run's params cannot be had (a warning says why)."""
+        from xorexp import pyfunc  # MLflow's model code and pandas: only when a sweep ends
+
+        try:
+            if pyfunc.has_model(self.store, self.run_id):
+                return self.PRESENT
+            with reading.downloaded(self.store, self.run_id, PARAMS_ARTIFACT) as params_file:
+                if params_file is None:
+                    log.warning("best run %s has no %s: no model logged", self.run_id, PARAMS_ARTIFACT)
+                    return None
+                folder = Path(self.tmp.name) / where
+                folder.mkdir()
+                return str(pyfunc.save_model(folder, self.run_id, params_file))
+        except Exception:
+            log.warning("could not log the model of best run %s", self.run_id, exc_info=True)
+            return None
+
+    def log(self, saving: subprocesses.Aside | None = None) -> bool:
+        """Log the model saved by the child ``saving`` (saved here if there is none or it failed);
+        whether the run has a model."""
+        saved = None
+        if saving is not None:
+            try:
+                saved = saving.result()
+            except subprocesses.AsideFailed:
+                log.debug("saving the model apart failed: saved here", exc_info=True)
+                saving = None
+        if saving is None:
+            saved = self.save("here")
+        if saved is None or saved == self.PRESENT:
+            return saved is not None
+        try:
+            writing.log_files(self.store, self.run_id, dirs={MODEL_NAME: Path(saved)})
             return True
-        with reading.downloaded(store, run_id, PARAMS_ARTIFACT) as params_file:
-            if params_file is None:
-                log.warning("best run %s has no %s: no model logged", run_id, PARAMS_ARTIFACT)
-                return False
-            pyfunc.log_model(store, run_id, params_file)
-        return True
-    except Exception:
-        log.warning("could not log the model of best run %s", run_id, exc_info=True)
-        return False
+        except Exception:
+            log.warning("could not log the model of best run %s", self.run_id, exc_info=True)
+            return False
 
 
 def finish_sweep(
@@ -131,8 +169,15 @@ def finish_sweep(
         makers = sweep_plots.sweep_figure_makers(groups, records, loss_curves(store, groups, traces))
         if sweep_plots.LOSS_CURVES in makers:  # the costliest figure: drawn in a child meanwhile
             apart[sweep_plots.LOSS_CURVES] = makers.pop(sweep_plots.LOSS_CURVES)
-    drawing = subprocesses.aside(functools.partial(_pngs, apart)) if apart else contextlib.nullcontext()
-    with drawing as child:
+    model = BestModel(store, best.best_run_id) if best is not None and best.best_run_id else None
+    with contextlib.ExitStack() as children:  # each child is gone when this block is left
+        # the model's saving and the costliest figure, each in a forked child, while the rest is done here
+        saving = drawing = None
+        if model is not None:
+            children.callback(model.tmp.cleanup)
+            saving = children.enter_context(subprocesses.aside(model.save))
+        if apart:
+            drawing = children.enter_context(subprocesses.aside(functools.partial(_pngs, apart)))
         if best is not None:
             for name in BEST_METRICS:
                 value = getattr(best, name)
@@ -140,11 +185,11 @@ def finish_sweep(
                     metrics[f"best.{name}"] = float(value)
             tags[TAG_BEST_RUN] = best.best_run_id or ""
             tags.update({f"{TAG_BEST_PREFIX}{key}": _group_value(best, key) for key in best.params})
-            if best.best_run_id and log_best_model(store, best.best_run_id):
-                tags[TAG_BEST_MODEL] = f"runs:/{best.best_run_id}/{MODEL_NAME}"
         tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
         figures = {path: make() for path, make in makers.items()}
-        blobs = _made_aside(child, apart) if apart else {}
+        blobs = _made_aside(drawing, apart) if apart else {}
+        if model is not None and model.log(saving):
+            tags[TAG_BEST_MODEL] = f"runs:/{model.run_id}/{MODEL_NAME}"
     writing.log_to_run(
         store,
         parent_run_id,

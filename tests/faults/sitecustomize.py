@@ -14,9 +14,9 @@ commas); a chunk of runs that holds SEED then meets the fault:
 - ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
 - ``plot``: rendering the run's plots raises (in whichever process renders them);
 - ``summary:0``: the sweep's summary at its end raises;
-- ``aside:0``: the sweep's figures drawn in a forked child at its end (``xorexp.subprocesses.aside``)
-  raise there, after writing ``aside_child_ran`` in the current directory (the launching process
-  then draws them);
+- ``aside:0``: the sweep's figure drawn and its best model saved in forked children at its end
+  (``xorexp.subprocesses.aside``) raise there, after writing ``aside_child_ran`` in the current
+  directory (the launching process then does both);
 - ``twice``: the run is created twice, the first one left RUNNING and unknown to its job (as when a
   server commits a create_run whose answer times out, and MLflow's client sends it again);
 - ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
@@ -128,6 +128,15 @@ if _faults:
             return _real_pngs(makers)
 
         _report._pngs = _pngs
+        _real_save = _report.BestModel.save
+
+        def _save(self, where="apart"):
+            if os.getpid() != _STARTED_PID:
+                open("aside_child_ran", "w").close()
+                raise RuntimeError("injected: no model saved in a forked child")
+            return _real_save(self, where)
+
+        _report.BestModel.save = _save
 
     if any(kind == "summary" for kind, _, _ in _faults):
         import xorexp.report as _report
