@@ -9,6 +9,7 @@ this module is.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -221,9 +222,10 @@ def _write_result_files(store, run_id, result, blobs, files, dirs, model) -> Non
     if model is None:
         model = TAG_PARENT not in reading.get_run(store, run_id).data.tags
     params_file = pyfunc.params_npz(result)
-    with tempfile.TemporaryDirectory(prefix="xorexp-model-") as tmp:
+    with contextlib.ExitStack() as stack:
         model_dirs = {}
-        if model:
+        if model:  # a sweep's runs have none (~0.3 ms a run for a temporary folder alone)
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="xorexp-model-"))
             try:
                 model_dirs[MODEL_NAME] = pyfunc.save_model(Path(tmp), run_id, params_file)
             except Exception:  # the run's results matter more than its packaged model
