@@ -116,6 +116,17 @@ with aside(lambda: time.sleep(60)) as child:
     except AsideFailed:
         seen["killed"] = "AsideFailed"
 
+with aside(lambda: time.sleep(60)) as child:
+    slow = child.pid
+    try:
+        child.result(timeout=0.5)
+    except AsideFailed:
+        try:
+            os.kill(slow, 0)
+            seen["too slow"] = "left running"
+        except ProcessLookupError:  # killed and reaped at the timeout
+            seen["too slow"] = "AsideFailed, killed"
+
 try:
     with aside(lambda: time.sleep(60)) as child:
         left = child.pid
@@ -148,6 +159,7 @@ def test_aside_computes_in_a_forked_child_and_never_leaves_it_behind():
         "computed elsewhere": True,
         "raised": "AsideFailed",
         "killed": "AsideFailed",
+        "too slow": "AsideFailed, killed",
         "left behind": False,
         "with a thread": None,  # forking is not safe then: the caller does it itself
     }

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import threading
 import time
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 # the engine's arrays are small: one thread each, the processes already take every core
 SINGLE_THREAD_BLAS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PARENT_POLL_S = 0.5  # how often a helper process checks that the launching process is alive
-START_METHOD_VARIABLE = "XOREXP_WORKER_START"  # "spawn": never fork the launcher's workers
+START_METHOD_VARIABLE = "XOREXP_WORKER_START"  # "spawn": never fork (workers spawned, nothing aside)
+ASIDE_TIMEOUT_S = 300.0  # the longest a forked child of ``aside`` is waited for
 
 
 def exit_with_parent(parent_pid: int) -> None:
@@ -128,12 +130,24 @@ class Aside:
         os.close(write_fd)
         self.read_fd: int | None = read_fd
 
-    def result(self) -> Any:
-        """``fn()``'s value; ``AsideFailed`` if it raised or the child died (whatever it was, doing
-        the work in this process says it again, with its traceback)."""
-        with os.fdopen(self.read_fd, "rb") as data_in:
+    def result(self, timeout: float = ASIDE_TIMEOUT_S) -> Any:
+        """``fn()``'s value; ``AsideFailed`` if it raised, the child died, or it took longer than
+        ``timeout`` seconds (then it is killed). Whatever it was, doing the work in this process says
+        it again, with its traceback."""
+        deadline = time.monotonic() + timeout
+        chunks = []
+        with os.fdopen(self.read_fd, "rb", buffering=0) as data_in:
             self.read_fd = None
-            data = data_in.read()
+            while True:
+                ready, _, _ = select.select([data_in], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    self.cancel()
+                    raise AsideFailed(f"the forked child took more than {timeout:g} s: killed")
+                chunk = data_in.read(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        data = b"".join(chunks)
         _, status = os.waitpid(self.pid, 0)
         self.pid = None
         if os.waitstatus_to_exitcode(status) != 0:
