@@ -53,7 +53,7 @@ UI_PORT = 5000  # python -m xorexp.ui's default port
 UI_QUERY = "?workflowType=machine_learning"  # the MLflow UI's model-training view (see run_url)
 MAX_NOTE_ROWS = 30  # groups shown in the parent's description; all of them are in summary.csv
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
-# the best group's figures logged on the parent as best.<name>
+# the best group's values logged on the parent as metrics best.<name>
 BEST_METRICS = ("success_rate", "final_loss_median", "final_loss_mean", "final_loss_std", "solved_at_median")
 
 
