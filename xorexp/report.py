@@ -97,9 +97,9 @@ class BestModel:
         self.run_id = run_id
         self.tmp = tempfile.TemporaryDirectory(prefix="xorexp-model-")  # its owner removes it
 
-    def save(self, where: str = "apart") -> str | None:
-        """The saved model directory's path (under a folder of its own, ``where``), ``PRESENT``, or
-        None when the run's params cannot be had (a warning says why)."""
+    def save(self) -> str | None:
+        """The saved model directory's path (in a new folder of its own), ``PRESENT``, or None when
+        the run's params cannot be had (a warning says why)."""
         from xorexp import pyfunc  # MLflow's model code and pandas: only when a sweep ends
 
         try:
@@ -109,8 +109,7 @@ class BestModel:
                 if params_file is None:
                     log.warning("best run %s has no %s: no model logged", self.run_id, PARAMS_ARTIFACT)
                     return None
-                folder = Path(self.tmp.name) / where
-                folder.mkdir()
+                folder = Path(tempfile.mkdtemp(dir=self.tmp.name))
                 return str(pyfunc.save_model(folder, self.run_id, params_file))
         except Exception:
             log.warning("could not log the model of best run %s", self.run_id, exc_info=True)
@@ -119,15 +118,7 @@ class BestModel:
     def log(self, saving: subprocesses.Aside | None = None) -> bool:
         """Log the model saved by the child ``saving`` (saved here if there is none or it failed);
         whether the run has a model."""
-        saved = None
-        if saving is not None:
-            try:
-                saved = saving.result()
-            except subprocesses.AsideFailed:
-                log.debug("saving the model apart failed: saved here", exc_info=True)
-                saving = None
-        if saving is None:
-            saved = self.save("here")
+        saved = subprocesses.made_aside(saving, self.save)
         if saved is None or saved == self.PRESENT:
             return saved is not None
         try:
@@ -187,7 +178,7 @@ def finish_sweep(
             tags.update({f"{TAG_BEST_PREFIX}{key}": _group_value(best, key) for key in best.params})
         tags[TAG_NOTE] = sweep_description(store.experiment_id, groups)
         figures = {path: make() for path, make in makers.items()}
-        blobs = _made_aside(drawing, apart) if apart else {}
+        blobs = subprocesses.made_aside(drawing, functools.partial(_pngs, apart)) if apart else {}
         if model is not None and model.log(saving):
             tags[TAG_BEST_MODEL] = f"runs:/{model.run_id}/{MODEL_NAME}"
     writing.log_to_run(
@@ -213,17 +204,6 @@ def _pngs(makers: Mapping[str, Any]) -> dict[str, bytes]:
     from xorexp import sweep_plots
 
     return {path: sweep_plots.png(make()) for path, make in makers.items()}
-
-
-def _made_aside(child: subprocesses.Aside | None, makers: Mapping[str, Any]) -> dict[str, bytes]:
-    """The PNGs of the figures ``makers`` make (artifact path -> function): the child's, or made here
-    if there is no child or it failed (what failed there then fails here, with its traceback)."""
-    if child is not None:
-        try:
-            return child.result()
-        except subprocesses.AsideFailed:
-            log.debug("the figures drawn apart failed: drawn here", exc_info=True)
-    return _pngs(makers)
 
 
 def run_url(experiment_id: str, run_id: str, base: str = "") -> str:

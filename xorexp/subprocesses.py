@@ -68,15 +68,21 @@ def worker_context() -> BaseContext:
     Spawned otherwise: a fork copies a lock another thread may hold at that moment, never released in
     the child. Before a fork, the stores' SQL connections are closed (``close_engines``): none crosses
     into a child, where closing or using it would act on this process's database session."""
-    forced = os.environ.get(START_METHOD_VARIABLE)  # the benchmarks compare both
-    if forced == "spawn":
-        return multiprocessing.get_context("spawn")
-    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
-        from xorexp.tracking.store import close_engines
+    return multiprocessing.get_context("fork" if _ready_to_fork() else "spawn")
 
-        close_engines()
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
+
+def _ready_to_fork() -> bool:
+    """Whether this process may fork now: it runs no other thread, forking is not turned off
+    (``START_METHOD_VARIABLE=spawn``, which the benchmarks use to compare) and the platform forks.
+    If so, the stores' SQL connections are closed first, so that none crosses into the child."""
+    if os.environ.get(START_METHOD_VARIABLE) == "spawn" or threading.active_count() != 1:
+        return False
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    from xorexp.tracking.store import close_engines
+
+    close_engines()
+    return True
 
 
 _launching_only: dict[int, Callable[[], None]] = {}
@@ -180,11 +186,7 @@ def aside(fn: Callable[[], Any]) -> Iterator[Aside | None]:
     value (an interrupt, an error), so it never outlives the block; it ignores Ctrl-C (this process
     ends it) and ends by itself when this process is gone."""
     child = None
-    forking = os.environ.get(START_METHOD_VARIABLE) != "spawn" and hasattr(os, "fork")
-    if forking and threading.active_count() == 1:
-        from xorexp.tracking.store import close_engines
-
-        close_engines()  # no SQL connection crosses into the child
+    if _ready_to_fork():
         try:
             child = Aside(fn)
         except OSError:
@@ -194,3 +196,14 @@ def aside(fn: Callable[[], Any]) -> Iterator[Aside | None]:
     finally:
         if child is not None:
             child.cancel()
+
+
+def made_aside(child: Aside | None, fn: Callable[[], Any]) -> Any:
+    """``fn()``'s value: the child's (``aside(fn)``), or computed here when there is no child or it
+    failed (what failed there then fails here, with its traceback)."""
+    if child is not None:
+        try:
+            return child.result()
+        except AsideFailed:
+            log.debug("the forked child failed: done in this process", exc_info=True)
+    return fn()

@@ -130,11 +130,11 @@ if _faults:
         _report._pngs = _pngs
         _real_save = _report.BestModel.save
 
-        def _save(self, where="apart"):
+        def _save(self):
             if os.getpid() != _STARTED_PID:
                 open("aside_child_ran", "w").close()
                 raise RuntimeError("injected: no model saved in a forked child")
-            return _real_save(self, where)
+            return _real_save(self)
 
         _report.BestModel.save = _save
 

@@ -57,12 +57,10 @@ def sweep_children(store: Store, parent_run_id: str) -> list[SweepRun] | None:
     if writer is None:
         return None
     from mlflow.entities.lifecycle_stage import LifecycleStage
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
     from sqlalchemy import and_, select
 
-    runs, tags, params, latest = (
-        model.__table__ for model in (SqlRun, SqlTag, SqlParam, SqlLatestMetric)
-    )
+    tables = writer.tables  # MLflow's own, checked by the writer against the columns it knows
+    runs, tags, params, latest = (tables[name] for name in ("runs", "tags", "params", "latest_metrics"))
     children = (
         select(runs.c.run_uuid)
         .join(tags, and_(tags.c.run_uuid == runs.c.run_uuid, tags.c.key == TAG_PARENT))
