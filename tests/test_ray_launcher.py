@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 
-from hydra_plugins.xorexp_vectorized_launcher import _ray_backend
+from hydra_plugins.xorexp_vectorized_launcher import _core, _ray_backend
+from hydra_plugins.xorexp_vectorized_launcher._compose import Planned
 from hydra_plugins.xorexp_vectorized_launcher._ray_backend import (
     RayBackendError,
     _host_port,
@@ -22,7 +26,9 @@ from hydra_plugins.xorexp_vectorized_launcher._ray_backend import (
 from tests.conftest import free_port, run_cli, snapshot_differences, store_snapshot
 from tests.mlflow_server import start_server, stop_server
 from tests.ray_cluster import RAY_PORT, LoopbackRayCluster, is_loopback
+from xorexp import progress
 from xorexp.errors import Abort
+from xorexp.train import RunSpec
 
 pytestmark = pytest.mark.xdist_group("test_ray_launcher")  # one xdist worker: one Ray cluster
 
@@ -85,6 +91,48 @@ def test_backend_refuses_in_one_line(monkeypatch, address, message):
         _ray_backend.RayExecutor({"address": address, "max_retries": 3})
     assert stop.value.status == 2
     assert "\n" not in stop.value.message and message in stop.value.message
+
+
+class _TasksAlreadyEnded:
+    """A stand-in for the Ray executor whose tasks have all ended by the time they are waited for,
+    each with the (ended jobs, abort, raised) given: one ``wait`` returns them together."""
+
+    def __init__(self, outcomes: list) -> None:
+        self.outcomes = list(outcomes)
+
+    def cpus(self) -> int:
+        return 2
+
+    def put(self, value):
+        return value
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_result(self.outcomes.pop(0))
+        return future
+
+
+def test_a_store_failure_in_one_task_keeps_what_the_tasks_ended_with_it(tmp_path, monkeypatch):
+    """Two tasks end in the same wait, one stopped by a failing store: the other's jobs still get
+    their files on this machine and their ends reported before the sweep stops."""
+    monkeypatch.chdir(tmp_path)
+    jobs = [_core.Job(idx, [f"seed={idx}"], Planned([], RunSpec(seed=idx, iterations=10))) for idx in (0, 1)]
+    job_dir = tmp_path / "multirun" / "1"
+    ended_on_another_machine = [(1, "return of job 1", [("solved", False, None)], str(job_dir),
+                                 {".hydra/overrides.yaml": b"- seed=1\n"})]
+    executor = _TasksAlreadyEnded([
+        ([], ("tracking store failed: database is locked", 2), None),
+        (ended_on_another_machine, None, None),
+    ])
+    master = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "multirun")}}})
+    runner = SimpleNamespace(composer=SimpleNamespace(master_config=master))
+    launcher = SimpleNamespace(hydra_context=None, task_function=None)
+    reported = []
+    with progress.feeding(lambda *event: reported.append(event)), pytest.raises(Abort) as stop:
+        _core._jobs_on_ray(executor, launcher, jobs, runner, chunk_size=1)
+    assert (stop.value.message, stop.value.status) == ("tracking store failed: database is locked", 2)
+    assert (job_dir / ".hydra" / "overrides.yaml").read_bytes() == b"- seed=1\n"
+    assert reported == [("solved", False, None)]
 
 
 @pytest.mark.ray

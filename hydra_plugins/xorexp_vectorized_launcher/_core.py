@@ -156,6 +156,7 @@ class JobRunner:
     launcher's logging back)."""
 
     def __init__(self, hydra_context, task_function, composer: Composer) -> None:
+        _hydra_job.memoize_interpolation_parsing()
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.composer = composer
@@ -468,8 +469,6 @@ def _jobs_on_ray(
     executor, launcher, jobs: list[Job], runner: JobRunner, chunk_size: int
 ) -> dict[int, JobReturn]:
     """Each task trains its chunk and runs its jobs, logging included (``run_jobs_in_task``)."""
-    from ._ray_backend import task_error
-
     master = runner.composer.master_config
     n_workers = executor.cpus()
     task_size = max(MIN_RUNS_FOR_WORKERS, math.ceil(len(jobs) / (n_workers * TASKS_PER_WORKER)))
@@ -493,28 +492,49 @@ def _jobs_on_ray(
     pending = set(batches)
     while pending:
         done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            batch = batches[future]
-            try:
-                ended, abort, raised = future.result()
-            except Exception as error:  # the task failed outside a job, or its worker died too often
-                ended, abort, raised = [], None, _failure("its Ray task failed", task_error(error))[1]
-            by_idx = {job.idx: job for job in batch}
-            for idx, ret, events, output_dir, files in ended:
-                _write_missing(output_dir, files)
-                _report(by_idx[idx], events, output_dir)
-                returns[idx] = ret
+        # every task that ended is taken in (its jobs' files, their progress) before a store failure
+        # one of them met stops the sweep, and before the jobs a task did not end fail here
+        outcomes = {future: _task_outcome(future) for future in done}
+        for future, (ended, _, _) in outcomes.items():
+            _take_ended(batches[future], ended, returns)
+        for _, abort, _ in outcomes.values():
             if abort is not None:  # the store failed in the task: stop the sweep
                 raise Abort(*abort)
+        for future, (_, _, raised) in outcomes.items():
             if raised is not None:  # here, each job the task did not end ends FAILED
-                for job in batch:
-                    if job.idx in returns:
-                        continue
-                    events: list = []
-                    with progress.feeding(lambda *event, into=events: into.append(event)):
-                        returns[job.idx] = runner.run(job, Handover(job.spec, error=raised))
-                    _report(job, events, runner.output_dir)
+                _fail_the_rest(batches[future], raised, runner, returns)
     return returns
+
+
+def _task_outcome(future: Future) -> tuple[list, tuple | None, chunks.WorkerError | None]:
+    """What a finished Ray task returned (see ``run_jobs_in_task``), or, when it failed outside a job
+    (or its worker died too often), no job ended and what it raised."""
+    from ._ray_backend import task_error
+
+    try:
+        return future.result()
+    except Exception as error:
+        return [], None, _failure("its Ray task failed", task_error(error))[1]
+
+
+def _take_ended(batch: list[Job], ended: list, returns: dict[int, JobReturn]) -> None:
+    """The jobs a task ended, into ``returns``: their files written here if missing, their ends reported."""
+    by_idx = {job.idx: job for job in batch}
+    for idx, ret, events, output_dir, files in ended:
+        _write_missing(output_dir, files)
+        _report(by_idx[idx], events, output_dir)
+        returns[idx] = ret
+
+
+def _fail_the_rest(batch: list[Job], raised, runner: JobRunner, returns: dict[int, JobReturn]) -> None:
+    """Each job of ``batch`` its task did not end, ended here as FAILED with what stopped the task."""
+    for job in batch:
+        if job.idx in returns:
+            continue
+        events: list = []
+        with progress.feeding(lambda *event, into=events: into.append(event)):
+            returns[job.idx] = runner.run(job, Handover(job.spec, error=raised))
+        _report(job, events, runner.output_dir)
 
 
 def run_jobs_in_task(
