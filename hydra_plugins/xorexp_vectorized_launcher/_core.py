@@ -291,12 +291,14 @@ def _launch_on_processes(
     )
     returns: dict[int, JobReturn] = {}
     ahead = train_ahead.ready()
-    train_ahead.stop()  # its core is the workers' now: they train the runs it has not sent
     # the workers render the plots the child training ahead did not: forked, they start with the
-    # plotter; otherwise only the sweep's end needs it, and it is set up while the workers work
+    # plotter (set up while the child goes on rendering); otherwise only the sweep's end needs it,
+    # and it is set up while the workers work
     rendered = all(isinstance(ahead.get(job.spec), tuple) for job in jobs)
     if not rendered:
         chunks.warm_up()
+        ahead = train_ahead.ready()
+    train_ahead.stop()  # its core is the workers' now: they train the runs it has not sent
     start = worker_context()
     events = start.SimpleQueue()
     pool = ProcessPoolExecutor(
