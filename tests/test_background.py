@@ -11,6 +11,7 @@ from concurrent.futures import Future
 import pytest
 
 from tests.conftest import ROOT
+from xorexp import progress
 from xorexp.background import Background
 from xorexp.errors import Abort
 
@@ -41,6 +42,38 @@ def test_at_most_runs_in_flight_and_settle_returns_each_jobs_value():
     assert background.settle() == {1: 10, 2: 20, 3: 30}
     assert background.settle() == {}  # settled runs are forgotten
     background.close()
+
+
+def test_each_jobs_end_in_the_background_reaches_the_sink_it_was_submitted_under():
+    """Jobs handed over one after the other, each under its own ``progress.feeding``, end later in
+    the background threads, in another order: each end still reaches its own job's sink."""
+    background = Background(runs=3)
+    release = {key: threading.Event() for key in (1, 2, 3)}
+    sinks: dict[int, list] = {key: [] for key in release}
+    process_wide: list = []
+
+    def work(key):
+        def run():
+            release[key].wait(WAIT_S)
+            progress.job_ended(f"outcome {key}", failed=key == 2, message=f"job {key}")
+            return key
+
+        return run
+
+    with progress.feeding(lambda *event: process_wide.append(event)):
+        for key in release:
+            with progress.feeding(lambda *event, into=sinks[key]: into.append(event)):
+                background.submit(key, work(key))
+        for key in (3, 1, 2):  # they end after their feeding is over, out of order
+            release[key].set()
+        assert background.settle() == {1: 1, 2: 2, 3: 3}
+    background.close()
+    assert sinks == {
+        1: [("outcome 1", False, "job 1")],
+        2: [("outcome 2", True, "job 2")],
+        3: [("outcome 3", False, "job 3")],
+    }
+    assert process_wide == []
 
 
 def test_a_failure_is_raised_by_settle_and_by_the_next_submit():

@@ -15,6 +15,8 @@ its unfinished runs KILLED or FAILED by then).
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import queue
 import threading
 from collections.abc import Callable, Hashable
@@ -50,6 +52,7 @@ class Background:
             raise
         future: Future = Future()
         future.add_done_callback(self._done)
+        work = functools.partial(contextvars.copy_context().run, work)  # e.g. its job's progress sink
         if len(self.threads) < self.runs:
             thread = threading.Thread(target=self._serve, name=f"xorexp-run-{len(self.threads)}", daemon=True)
             thread.start()

@@ -7,6 +7,7 @@ each worker a queue, see ``queue_sink``). A failed job's one line is printed abo
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -16,6 +17,10 @@ from typing import Any
 
 Sink = Callable[[str | None, bool, str | None], None]  # (outcome, failed, message to print)
 _sink: Sink | None = None
+_UNSET: Any = object()
+# the sink of ``feeding`` in this context: a job's run ending in a background thread that carries
+# the job's context (``xorexp.background``) reports to its job's sink, whatever the process's is then
+_fed: contextvars.ContextVar = contextvars.ContextVar("xorexp_progress_sink", default=_UNSET)
 
 
 def _clock(seconds: float) -> str:
@@ -25,27 +30,37 @@ def _clock(seconds: float) -> str:
 
 def job_ended(outcome: str | None, *, failed: bool, message: str | None = None) -> None:
     """A job of the running sweep ended (``message``: a line for the user, e.g. why it failed)."""
-    if _sink is not None:
-        _sink(outcome, failed, message)
+    sink = _fed.get()
+    if sink is _UNSET:
+        sink = _sink
+    if sink is not None:
+        sink(outcome, failed, message)
     elif message:
         print(f"xorexp: {message}", file=sys.stderr, flush=True)
 
 
 def feed(sink: Sink | None) -> Sink | None:
-    """Jobs of this process report to ``sink`` from now on; returns the previous sink."""
+    """Jobs of this process report to ``sink`` from now on (e.g. a forked worker's, whatever its
+    parent fed when it forked); returns the previous sink."""
     global _sink
     previous, _sink = _sink, sink
+    _fed.set(sink)
     return previous
 
 
 @contextmanager
 def feeding(sink: Sink | None) -> Iterator[None]:
-    """Jobs of this process report to ``sink`` while inside."""
-    previous = feed(sink)
+    """Jobs of this process report to ``sink`` while inside; so does work started inside that
+    carries this context along (a job's run handed to ``xorexp.background``), also after."""
+    global _sink
+    previous = _sink
+    token = _fed.set(sink)
+    _sink = sink
     try:
         yield
     finally:
-        feed(previous)
+        _fed.reset(token)
+        _sink = previous
 
 
 def queue_sink(queue: Any) -> Sink:

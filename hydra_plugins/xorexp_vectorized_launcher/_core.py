@@ -32,6 +32,7 @@ exit by themselves when this process is gone (e.g. ``kill -9``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -54,7 +55,7 @@ from omegaconf import OmegaConf, open_dict
 from xorexp import chunks, parent_run, progress, provenance, train_ahead
 from xorexp.background import Background
 from xorexp.errors import Abort, fail
-from xorexp.job import JOB_RECORD, Handover, handing_over
+from xorexp.job import JOB_RECORD, TERMINAL, Handover, handing_over
 from xorexp.params import run_name
 from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent, quick_teardown, worker_context
 from xorexp.tracking.uri import resolve_uri, store_kind
@@ -163,14 +164,26 @@ class JobRunner:
         self.logs = _hydra_job.JobLogs()
         self.background = Background()
         self.output_dir: str | None = None  # of the last xorexp job run
+        self.output_dirs: dict[int, str | None] = {}  # of the jobs of the last ``run_all``
 
-    def run_all(self, batch: list[Job], results: list) -> dict[int, JobReturn]:
+    def run_all(
+        self,
+        batch: list[Job],
+        results: list,
+        out: dict[int, JobReturn] | None = None,
+        feeds: dict[int, progress.Sink] | None = None,
+    ) -> dict[int, JobReturn]:
         """Run jobs whose results (or per-run errors) are known: ``results[i]`` is a RunResult,
         ``(RunResult, plots)`` or ``(None, the error)``. Returns once every job's run has ended
         (those left to the background too: a job whose run failed there returns NaN, as one that
         failed in its own thread); what stops the batch (an interrupt, a failing store) stops the
-        runs in flight first (``Background.stop``), then goes on up."""
-        out = {}
+        runs in flight first (``Background.stop``), then goes on up; what one job raised outside its
+        run's handling goes on up once the runs already handed over have ended. The JobReturns go into ``out``
+        as the jobs return (a caller's dict keeps them when the batch is stopped; the values of runs
+        still in the background are settled only at the end); a job whose index is in ``feeds``
+        reports its end there (from the background too)."""
+        out = {} if out is None else out
+        self.output_dirs = {}
         try:
             for job, precomputed in zip(batch, results, strict=True):
                 result, extra = precomputed if isinstance(precomputed, tuple) else (precomputed, None)
@@ -178,17 +191,39 @@ class JobRunner:
                     handover = Handover(job.spec, error=extra)
                 else:
                     handover = Handover(job.spec, result=result, pngs=extra, background=self.background)
-                out[job.idx] = self.run(job, handover)
+                if feeds is not None and job.idx in feeds:
+                    with progress.feeding(feeds[job.idx]):
+                        out[job.idx] = self.run(job, handover)
+                else:
+                    out[job.idx] = self.run(job, handover)
+                self.output_dirs[job.idx] = self.output_dir
             for idx, value in self.background.settle().items():
                 out[idx].return_value = value
+        except Exception as error:
+            if isinstance(error, Abort):
+                self._stop_background(error)
+                raise
+            # one job failed outside its run's handling: the runs handed over before it are other
+            # jobs', they end as they would have (unless the store fails or an interrupt comes)
+            try:
+                for idx, value in self.background.settle().items():
+                    out[idx].return_value = value
+            except BaseException as later:
+                self._stop_background(later)
+                raise
+            raise
         except BaseException as error:
-            stopped, self.background = self.background, Background()  # a stopped one stays stopped:
-            # the runner's next batch (a Ray worker's next task) gets a fresh one
-            with _signals_ignored():  # a second Ctrl-C must not cut the stop short
-                stopped.stop("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-            stopped.close()
+            self._stop_background(error)
             raise
         return out
+
+    def _stop_background(self, error: BaseException) -> None:
+        """Stop the runs in flight (KILLED on an interrupt, else FAILED); a stopped Background stays
+        stopped: the runner's next batch (a Ray worker's next task) gets a fresh one."""
+        stopped, self.background = self.background, Background()
+        with _signals_ignored():  # a second Ctrl-C must not cut the stop short
+            stopped.stop("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        stopped.close()
 
     def run(self, job: Job, handover: Handover) -> JobReturn:
         log.debug(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}")
@@ -552,12 +587,17 @@ def run_jobs_in_task(
     Run again by Ray when its worker died (``max_retries``): a job whose record (``xorexp_job.json``
     in its job dir) says its run ended returns at once, one that had started its run finishes that
     run (``job.run_tracked``), so a job never gets a second run on the same machine.
+
+    The task's jobs run as a local worker's do (``JobRunner.run_all``): to a tracking server, the
+    requests of several runs are in flight at once (``xorexp.background``), each job's end reported
+    to its own list of events. When the task is stopped, the values of runs still in the background
+    were not settled: a job counts as ended if it reported its end (NaN if its run failed) or its
+    record says its run ended (an earlier attempt's run, or one the stop ended: its record's value).
     """
     provenance.adopt_command(setup.command)
     previous = os.getcwd()
     Path(setup.cwd).mkdir(parents=True, exist_ok=True)
     os.chdir(setup.cwd)
-    ended: list = []
     try:
         runner = _runner_for(context)
         if setup.parent_record is not None:
@@ -565,19 +605,38 @@ def run_jobs_in_task(
             if not record.is_file():  # another machine: the jobs find their parent run there
                 record.parent.mkdir(parents=True, exist_ok=True)
                 record.write_text(setup.parent_record)
-        for job, result in zip(batch, _train(batch), strict=True):
-            events: list = []
-            with progress.feeding(lambda *event, into=events: into.append(event)):
-                try:
-                    ret = runner.run_all([job], [result])[job.idx]
-                except Abort as abort:
-                    return ended, (abort.message, abort.status), None
-                except Exception as error:
-                    return ended, None, _failure("its Ray task failed", error)[1]
-            ended.append((job.idx, ret, events, runner.output_dir, _small_files(runner.output_dir)))
+        results = _train(batch)
+        events: dict[int, list] = {job.idx: [] for job in batch}
+        feeds = {idx: functools.partial(_append_event, into) for idx, into in events.items()}
+        returns: dict[int, JobReturn] = {}
+        abort, raised = None, None
+        try:
+            runner.run_all(batch, results, out=returns, feeds=feeds)
+        except Abort as stop:
+            abort = (stop.message, stop.status)
+        except Exception as error:
+            raised = _failure("its Ray task failed", error)[1]
+        ended = []
+        for idx, ret in returns.items():
+            output_dir = runner.output_dirs.get(idx)
+            if abort is not None or raised is not None:
+                if events[idx]:
+                    if events[idx][-1][1]:
+                        ret.return_value = math.nan
+                else:
+                    record = _job_record(output_dir)
+                    if record.get("status") not in TERMINAL:  # dropped, or still in flight
+                        continue
+                    value = record.get("final_loss") if record["status"] == "FINISHED" else None
+                    ret.return_value = math.nan if value is None else value
+            ended.append((idx, ret, events[idx], output_dir, _small_files(output_dir)))
     finally:
         os.chdir(previous)
-    return ended, None, None
+    return ended, abort, raised
+
+
+def _append_event(into: list, outcome: str | None, failed: bool, message: str | None) -> None:
+    into.append((outcome, failed, message))
 
 
 def _small_files(output_dir: str | None) -> dict[str, bytes]:
@@ -603,6 +662,17 @@ def _write_missing(output_dir: str | None, files: dict[str, bytes]) -> None:
             path.write_bytes(data)
 
 
+def _job_record(output_dir: str | None) -> dict:
+    """The job's record in its dir (``xorexp.job.JobRecord``); empty if it has none (or unreadable)."""
+    if output_dir is None:
+        return {}
+    try:
+        record = json.loads((Path(output_dir) / JOB_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _report(job: Job, events: list, output_dir: str | None) -> None:
     """The job's end into this process's progress: its events, or (none: an earlier attempt of its
     task ended it, and those events were lost with that attempt) what its job record says."""
@@ -610,10 +680,7 @@ def _report(job: Job, events: list, output_dir: str | None) -> None:
         progress.job_ended(outcome, failed=failed, message=message)
     if events or output_dir is None:
         return
-    try:
-        record = json.loads((Path(output_dir) / JOB_RECORD).read_text())
-    except (OSError, ValueError):
-        record = {}
+    record = _job_record(output_dir)
     failed = record.get("status") != "FINISHED"
     message = None
     if failed:
