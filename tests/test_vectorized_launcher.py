@@ -9,10 +9,9 @@ import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, grammar_parser
 from omegaconf import _utils as omegaconf_utils
 from omegaconf import base as omegaconf_base
-from omegaconf import grammar_parser
 from omegaconf.errors import GrammarParseError
 
 from hydra_plugins.xorexp_vectorized_launcher import _hydra_job
