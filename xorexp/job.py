@@ -83,12 +83,24 @@ def handed() -> Handover | None:
     return _handover.get()
 
 
+_marks_stale_runs = True  # whether this process's first opening of a store marks crashed writers' runs
+
+
+def leave_stale_runs() -> None:
+    """This process opens stores without marking the runs of crashed writers KILLED: a Ray task's
+    process, whose sibling task retried after its worker died is finishing those very runs (the
+    launching process marks them at the sweep's start, the sweep's end ends its orphans)."""
+    global _marks_stale_runs
+    _marks_stale_runs = False
+
+
 @functools.cache
 def store_for(uri: str | None, experiment: str, launch_dir: str) -> Store:
-    """The opened store of a job or sweep (created if new; runs of crashed writers marked KILLED);
-    an unusable one stops the command in one line (exit 2), before anything is created."""
+    """The opened store of a job or sweep (created if new; runs of crashed writers marked KILLED,
+    unless ``leave_stale_runs``); an unusable one stops the command in one line (exit 2), before
+    anything is created."""
     try:
-        return open_store(resolve_uri(uri, launch_dir), experiment, clean_stale=True)
+        return open_store(resolve_uri(uri, launch_dir), experiment, clean_stale=_marks_stale_runs)
     except StoreError as error:
         fail(error)
 

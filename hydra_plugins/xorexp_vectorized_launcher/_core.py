@@ -55,7 +55,7 @@ from omegaconf import OmegaConf, open_dict
 from xorexp import chunks, parent_run, progress, provenance, train_ahead
 from xorexp.background import Background
 from xorexp.errors import Abort, fail
-from xorexp.job import JOB_RECORD, TERMINAL, Handover, handing_over
+from xorexp.job import JOB_RECORD, TERMINAL, Handover, handing_over, leave_stale_runs
 from xorexp.params import run_name
 from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent, quick_teardown, worker_context
 from xorexp.tracking.uri import resolve_uri, store_kind
@@ -595,6 +595,7 @@ def run_jobs_in_task(
     record says its run ended (an earlier attempt's run, or one the stop ended: its record's value).
     """
     provenance.adopt_command(setup.command)
+    leave_stale_runs()  # a retried sibling task may be finishing a dead worker's runs right now
     previous = os.getcwd()
     Path(setup.cwd).mkdir(parents=True, exist_ok=True)
     os.chdir(setup.cwd)
