@@ -199,10 +199,10 @@ class JobRunner:
                 self.output_dirs[job.idx] = self.output_dir
             for idx, value in self.background.settle().items():
                 out[idx].return_value = value
-        except Exception as error:
-            if isinstance(error, Abort):
-                self._stop_background(error)
-                raise
+        except Abort as error:
+            self._stop_background(error)
+            raise
+        except Exception:
             # one job failed outside its run's handling: the runs handed over before it are other
             # jobs', they end as they would have (unless the store fails or an interrupt comes)
             try:
@@ -617,23 +617,32 @@ def run_jobs_in_task(
             abort = (stop.message, stop.status)
         except Exception as error:
             raised = _failure("its Ray task failed", error)[1]
+        stopped = abort is not None or raised is not None
         ended = []
         for idx, ret in returns.items():
             output_dir = runner.output_dirs.get(idx)
-            if abort is not None or raised is not None:
-                if events[idx]:
-                    if events[idx][-1][1]:
-                        ret.return_value = math.nan
-                else:
-                    record = _job_record(output_dir)
-                    if record.get("status") not in TERMINAL:  # dropped, or still in flight
-                        continue
-                    value = record.get("final_loss") if record["status"] == "FINISHED" else None
-                    ret.return_value = math.nan if value is None else value
+            if stopped:
+                value = _value_when_stopped(events[idx], output_dir, ret.return_value)
+                if value is None:
+                    continue
+                ret.return_value = value
             ended.append((idx, ret, events[idx], output_dir, _small_files(output_dir)))
     finally:
         os.chdir(previous)
     return ended, abort, raised
+
+
+def _value_when_stopped(events: list, output_dir: str | None, returned: float) -> float | None:
+    """A job's value when its task was stopped before the background's values were settled: what it
+    returned if it reported its end (NaN if it failed), else from its record if its run ended; None
+    if neither (dropped, or still in flight)."""
+    if events:
+        return math.nan if events[-1][1] else returned
+    record = _job_record(output_dir)
+    if record.get("status") not in TERMINAL:
+        return None
+    value = record.get("final_loss") if record["status"] == "FINISHED" else None
+    return math.nan if value is None else value
 
 
 def _append_event(into: list, outcome: str | None, failed: bool, message: str | None) -> None:
