@@ -37,7 +37,10 @@ FAULTS = os.environ.get("XOREXP_TEST_FAULTS")
 # module -> [(function, arm file, action)]
 POINTS = {
     "xorexp.chunks": [("train_chunk", "arm", "exit")],
-    "xorexp.tracking.writing": [("log_result", "arm-exit-log", "exit")],
+    "xorexp.tracking.writing": [
+        ("log_result", "arm-exit-log", "exit"),
+        ("start_run", "arm-exit-created", "exit-after"),
+    ],
     "hydra_plugins.xorexp_vectorized_launcher._hydra_job": [("run_job", "arm-raise-job", "raise")],
 }
 CALLS = {}
@@ -62,6 +65,9 @@ def _wrap(real, function, arm, action):
         except FileNotFoundError:
             return real(*args, **kwargs)
         if action == "exit":
+            os._exit(1)
+        if action == "exit-after":  # the call's effect (the run created) lands, its caller never knows
+            real(*args, **kwargs)
             os._exit(1)
         raise RuntimeError(f"injected fault in {function}")
 

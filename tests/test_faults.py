@@ -120,6 +120,26 @@ def test_a_dying_worker_fails_only_its_unfinished_jobs(tmp_path):
     assert "its worker process died" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_worker_dying_right_after_creating_a_run_leaves_that_job_one_run(tmp_path):
+    """The worker dies between its job's run creation and the job's record of it: the launching
+    process ends that job with the very run (found by its sweep and job number), not a second one."""
+    proc = run_cli(tmp_path, "-m", "seed=range(0,40)", "iterations=300", f"hydra.sweep.dir={tmp_path}/m",
+                   env=fault_env("created:20"))
+    assert proc.returncode == 1, proc.stderr
+    [parent] = [r for r in runs_of(tmp_path) if r.data.tags.get("xorexp.role") == "sweep"]
+    children = children_of(tmp_path, parent.info.run_id)
+    per_seed = Counter(r.data.params.get("seed") for r in children)
+    assert len(children) == 40 and set(per_seed.values()) == {1}, per_seed
+    assert not [r for r in children if "xorexp.orphan" in r.data.tags]
+    [died] = [r for r in children if r.data.params["seed"] == "20"]
+    assert died.info.status == "FAILED" and died.data.tags["xorexp.job"] == "20"
+    assert sorted(int(r.data.tags["xorexp.job"]) for r in children) == list(range(40))
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "m").rglob("xorexp_job.json")
+                if json.loads(p.read_text()).get("run_id") == died.info.run_id]
+    assert record["status"] == "FAILED"
+    assert "its worker process died" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_single_run_that_raises_reports_its_own_error(tmp_path):
     proc = run_cli(tmp_path, "iterations=300", "seed=0", env=fault_env("plot:0"))
     assert proc.returncode == 1
@@ -254,7 +274,11 @@ def test_signal_to_the_launching_process_only_leaves_no_worker(tmp_path, sig):
 
 def test_ctrl_c_on_a_single_run_marks_it_killed(tmp_path):
     proc = spawn(tmp_path, "iterations=5000000")
-    wait_for_runs(tmp_path, "RUNNING", 1, proc)  # its record: opening the store here could race its creation
+    wait_for_runs(tmp_path, "STARTING", 1, proc)  # its record: the store exists (opening it before: a race)
+    deadline = time.monotonic() + 60
+    while by_status(tmp_path) != Counter({("job", "RUNNING"): 1}):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 130
     [line] = error_lines((tmp_path / "stderr.txt").read_text())

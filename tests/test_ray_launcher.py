@@ -343,6 +343,23 @@ def test_a_worker_lost_mid_job_finishes_that_run_on_retry(cluster, server, serve
 
 @pytest.mark.slow
 @pytest.mark.ray
+def test_a_worker_lost_right_after_creating_a_run_finishes_that_run_on_retry(
+    cluster, server, server_local_snapshot, tmp_path
+):
+    """The worker dies once its third run is created, before its job records it: the retried task
+    finds that run by its sweep and job number and finishes it, no job gets a second run."""
+    clear_faults(cluster)
+    (cluster.faults / "arm-exit-created").write_text("3")
+    proc, _ = cluster.cli(tmp_path, *SERVER_SWEEP, f"tracking.uri={server.uri}")
+    assert proc.returncode == 0, proc.stderr
+    assert (cluster.faults / "fired-exit-created").exists()
+    state = server_state(cluster, server, tmp_path)
+    assert len(state["children"]) == N_SERVER_RUNS  # no second run for any job
+    assert snapshot_differences(state["snapshot"], server_local_snapshot) == []
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_tasks_on_another_machine_send_their_job_files_back(cluster, server, tmp_path):
     """The launching process's sweep dir is a private tmpfs, the tasks write theirs on the disk: as if
     they ran on another machine. They still find the parent run (sent with them), and the launching

@@ -6,7 +6,8 @@ effect on Hydra's global state, so launchers and callbacks can use it.
 Every job ends as exactly one MLflow run with a terminal status, whatever raised and wherever:
 the job's record (``xorexp_job.json`` in its output dir) says which run it is and how far it got,
 so a job that is run again (e.g. after its worker process died) finishes that run instead of
-making a second one.
+making a second one. The record is written just before the run is created (``STARTING``): a job
+whose earlier attempt died between the two finds its run in the store by its sweep and job number.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from xorexp.params import run_name
 from xorexp.progress import IterationProgress
 from xorexp.tracking import reading, writing
 from xorexp.tracking.store import Store, open_store
-from xorexp.tracking.tags import TAG_OUTCOME, TAG_OVERRIDES, TAG_TRIAL
+from xorexp.tracking.tags import TAG_JOB, TAG_OUTCOME, TAG_OVERRIDES, TAG_TRIAL
 from xorexp.tracking.uri import StoreError, describe_store_error, redact, resolve_uri, store_kind
 from xorexp.train import RunResult, RunSpec, train
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 JOB_RECORD = "xorexp_job.json"  # in each job's output dir: what the job did, for the sweep's summary
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+# a job's record from just before its run is created to its end: the record names no run until then
+# (one write a job): a job run again that finds it looks its run up in the store (``TAG_JOB``)
+STARTING = "STARTING"
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,10 @@ def job_store(cfg: DictConfig) -> Store:
 
 
 def job_tags(cfg: DictConfig) -> dict[str, str]:
-    tags = {TAG_OVERRIDES: redact(" ".join(HydraConfig.get().overrides.task))}
+    hc = HydraConfig.get()
+    tags = {TAG_OVERRIDES: redact(" ".join(hc.overrides.task))}
+    if hc.mode == RunMode.MULTIRUN:
+        tags[TAG_JOB] = str(hc.job.num)
     if cfg.tracking.trial is not None:
         tags[TAG_TRIAL] = str(cfg.tracking.trial)
     return tags
@@ -289,20 +296,27 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
         if reused is not None:
             return reused
     run_id = earlier.get("run_id") if earlier else None
-    resumed = run_id is not None  # an earlier attempt of this job (a retried Ray task) started its run
     parent_id = parent.run_id if parent else None
     try:
+        if earlier is not None and run_id is None and parent_id is not None:
+            # an earlier attempt (a retried Ray task, a dead worker's job) was creating its run
+            found = reading.job_run(store, parent_id, hc.job.num)
+            if found is not None and found.info.status in TERMINAL:  # and ended it, unrecorded
+                return _ended_unrecorded(record, found)
+            run_id = found.info.run_id if found is not None else None
+        resumed = run_id is not None  # an earlier attempt of this job started its run
         if handover is not None and handover.error is not None:  # the launcher's work on it failed
             raise handover.error
         if handover is None or handover.result is None:  # train here, the run RUNNING meanwhile
             if run_id is None:
+                record.write(status=STARTING)
                 run_id = writing.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
-                record.write(run_id=run_id, status="RUNNING")
             iterations = IterationProgress() if not multirun else None
             [result] = train([spec], progress=iterations)
             if iterations is not None:
                 iterations.close()
-            track(store, run_id, result, cfg, resumed=resumed)
+            # a resumed run's params may not have landed (its creation's second request)
+            track(store, run_id, result, cfg, params_logged=not resumed, resumed=resumed)
         else:  # trained by the launcher
             result = handover.result
             background = handover.background
@@ -321,10 +335,10 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
                 background.submit(hc.job.num, run)
                 return result.final_loss  # for now: the launcher settles it with the run's end
             if run_id is None:
+                record.write(status=STARTING)
                 run_id = writing.start_run(
                     store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
                 )
-                record.write(run_id=run_id, status="RUNNING")
             track(store, run_id, result, cfg, handover.pngs, params_logged=False, resumed=resumed)
     except KeyboardInterrupt as interrupt:
         if run_id is not None:
@@ -355,8 +369,8 @@ def _run_in_background(
     """A launcher-trained job's run from its creation to its end, in the background; the job's value."""
     run_id = None
     try:
+        record.write(status=STARTING)
         run_id = writing.start_run(store, result.spec, tags=tags, parent_run_id=parent_id, with_params=False)
-        record.write(run_id=run_id, status="RUNNING")
         if background.stop_status is not None:  # the launcher is stopping: no more of this run
             _end_quietly(store, run_id, background.stop_status, record)
             return math.nan
@@ -364,6 +378,17 @@ def _run_in_background(
     except Exception as error:
         return _failed(store, result.spec, record, run_id, parent_id, error, job, tags)
     return _finished(record, run_id, result, job)
+
+
+def _ended_unrecorded(record: JobRecord, run) -> float:
+    """The job's run, found in the store, ended in an earlier attempt that died before recording it:
+    the record says so now; its final loss (NaN unless FINISHED)."""
+    status = run.info.status
+    value = run.data.metrics.get("final_loss", math.nan) if status == "FINISHED" else math.nan
+    final_loss = writing.finite_or_none(value)
+    record.write(run_id=run.info.run_id, reused=False, status=status, final_loss=final_loss)
+    log.info("%s: its run %s ended %s in an earlier attempt", run.info.run_name, run.info.run_id, status)
+    return value
 
 
 def _finished(record: JobRecord, run_id: str, result: RunResult, job: JobContext) -> float:
@@ -392,6 +417,7 @@ def _failed(
     abort = _store_abort(store, error)
     try:
         if run_id is None:
+            record.write(status=STARTING)
             run_id = writing.start_run(store, spec, tags=tags, parent_run_id=parent_id)
         writing.log_failure(store, run_id, spec, text)
     except Exception as second:  # the store refuses the failure too

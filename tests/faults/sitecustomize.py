@@ -19,6 +19,8 @@ commas); a chunk of runs that holds SEED then meets the fault:
   directory (the launching process then does both);
 - ``twice``: the run is created twice, the first one left RUNNING and unknown to its job (as when a
   server commits a create_run whose answer times out, and MLflow's client sends it again);
+- ``created``: a worker process dies (as if killed) right after the run's creation returns, before its
+  job could record it (in the launching process: no effect);
 - ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
 
 With XOREXP_STARTS_DIR set, every Python interpreter that starts with this folder on its path writes
@@ -100,6 +102,21 @@ if _faults:
             return _real_start_run(store, spec, *args, **kwargs)
 
         _writing.start_run = _start_run
+
+    if any(kind == "created" for kind, _, _ in _faults):
+        from xorexp.tracking import writing as _writing
+
+        _real_create = _writing.start_run
+
+        def _create_and_die(store, spec, *args, **kwargs):
+            run_id = _real_create(store, spec, *args, **kwargs)
+            if multiprocessing.parent_process() is not None and any(
+                kind == "created" and spec.seed == int(seed) for kind, _, seed in _faults
+            ):
+                os._exit(9)
+            return run_id
+
+        _writing.start_run = _create_and_die
 
     if any(kind == "ahead" for kind, _, _ in _faults):
         import xorexp.train_ahead as _train_ahead

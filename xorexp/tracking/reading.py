@@ -15,7 +15,7 @@ import numpy as np
 
 from xorexp.params import config_hash
 from xorexp.tracking import sql_reader
-from xorexp.tracking.tags import ROLE_SWEEP, TAG_HASH, TAG_PARENT, TAG_ROLE
+from xorexp.tracking.tags import ROLE_SWEEP, TAG_HASH, TAG_JOB, TAG_PARENT, TAG_ROLE
 from xorexp.train import RunSpec
 
 if TYPE_CHECKING:
@@ -46,6 +46,12 @@ def _newest(store: Store, filter_string: str) -> str | None:
 def find_finished(store: Store, spec: RunSpec) -> str | None:
     """Id of the newest FINISHED run with the config hash of ``spec``, if any."""
     return _newest(store, f"tags.`{TAG_HASH}` = '{config_hash(spec)}' and attributes.status = 'FINISHED'")
+
+
+def job_run(store: Store, parent_run_id: str, job_num: int) -> Any:
+    """The newest run of job ``job_num`` of the sweep ``parent_run_id`` (an mlflow Run), None if none."""
+    run_id = _newest(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_JOB}` = '{job_num}'")
+    return None if run_id is None else get_run(store, run_id)
 
 
 def latest_sweep(store: Store) -> str | None:

@@ -12,6 +12,7 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"  # its sweep's parent run
 TAG_ORPHAN = "xorexp.orphan"  # a sweep run no job owns: ended FAILED at the sweep's end, not summarised
 TAG_TRIAL = "xorexp.trial"  # the trial number under a search sweeper
+TAG_JOB = "xorexp.job"  # its job's number in the sweep (Hydra's job.num): with the parent, names the job
 TAG_HOST = "xorexp.host"  # the writing process: tells a crashed writer's RUNNING run from a live one
 TAG_PID = "xorexp.pid"
 TAG_REPLAY_OF = "xorexp.replay_of"  # on a run made by ``python -m xorexp.replay --log``
