@@ -120,23 +120,27 @@ def test_a_dying_worker_fails_only_its_unfinished_jobs(tmp_path):
     assert "its worker process died" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_worker_dying_right_after_creating_a_run_leaves_that_job_one_run(tmp_path):
-    """The worker dies between its job's run creation and the job's record of it: the launching
-    process ends that job with the very run (found by its sweep and job number), not a second one."""
+@pytest.mark.parametrize("fault, status", [("created", "FAILED"), ("logged", "FINISHED")])
+def test_a_worker_dying_right_after_creating_or_ending_a_run_leaves_that_job_one_run(tmp_path, fault, status):
+    """The worker dies between its job's run creation (or the run's end) and the job's record of it:
+    the launching process ends that job with the very run (found by its sweep and job number), or
+    records its end, and never makes it a second run."""
     proc = run_cli(tmp_path, "-m", "seed=range(0,40)", "iterations=300", f"hydra.sweep.dir={tmp_path}/m",
-                   env=fault_env("created:20"))
-    assert proc.returncode == 1, proc.stderr
+                   env=fault_env(f"{fault}:20"))
+    assert proc.returncode == 1, proc.stderr  # the dead worker's jobs not yet started fail
     [parent] = [r for r in runs_of(tmp_path) if r.data.tags.get("xorexp.role") == "sweep"]
     children = children_of(tmp_path, parent.info.run_id)
     per_seed = Counter(r.data.params.get("seed") for r in children)
     assert len(children) == 40 and set(per_seed.values()) == {1}, per_seed
     assert not [r for r in children if "xorexp.orphan" in r.data.tags]
     [died] = [r for r in children if r.data.params["seed"] == "20"]
-    assert died.info.status == "FAILED" and died.data.tags["xorexp.job"] == "20"
+    assert died.info.status == status and died.data.tags["xorexp.job"] == "20"
     assert sorted(int(r.data.tags["xorexp.job"]) for r in children) == list(range(40))
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "m").rglob("xorexp_job.json")
                 if json.loads(p.read_text()).get("run_id") == died.info.run_id]
-    assert record["status"] == "FAILED"
+    assert record["status"] == status
+    if status == "FINISHED":  # as the sweep's summary reads it
+        assert record["final_loss"] == died.data.metrics["final_loss"]
     assert "its worker process died" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -302,7 +302,7 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
             # an earlier attempt (a retried Ray task, a dead worker's job) was creating its run
             found = reading.job_run(store, parent_id, hc.job.num)
             if found is not None and found.info.status in TERMINAL:  # and ended it, unrecorded
-                return _ended_unrecorded(record, found)
+                return _ended_unrecorded(record, found, job)
             run_id = found.info.run_id if found is not None else None
         resumed = run_id is not None  # an earlier attempt of this job started its run
         if handover is not None and handover.error is not None:  # the launcher's work on it failed
@@ -380,14 +380,17 @@ def _run_in_background(
     return _finished(record, run_id, result, job)
 
 
-def _ended_unrecorded(record: JobRecord, run) -> float:
-    """The job's run, found in the store, ended in an earlier attempt that died before recording it:
-    the record says so now; its final loss (NaN unless FINISHED)."""
-    status = run.info.status
+def _ended_unrecorded(record: JobRecord, run, job: JobContext) -> float:
+    """The job's run, found in the store, ended in an earlier attempt that died before recording it
+    (and before reporting the job's end): the record and the progress say so now; its final loss
+    (NaN unless FINISHED)."""
+    run_id, status = run.info.run_id, run.info.status
     value = run.data.metrics.get("final_loss", math.nan) if status == "FINISHED" else math.nan
-    final_loss = writing.finite_or_none(value)
-    record.write(run_id=run.info.run_id, reused=False, status=status, final_loss=final_loss)
-    log.info("%s: its run %s ended %s in an earlier attempt", run.info.run_name, run.info.run_id, status)
+    record.write(run_id=run_id, reused=False, status=status, final_loss=writing.finite_or_none(value))
+    job.info("%s: its run %s ended %s in an earlier attempt", run.info.run_name, run_id, status)
+    failed = status != "FINISHED"
+    line = f"{job.label} ended {status} in an earlier attempt (run {run_id}; full log: {job.log_file})"
+    progress.job_ended(run.data.tags.get(TAG_OUTCOME), failed=failed, message=line if failed else None)
     return value
 
 

@@ -19,8 +19,9 @@ commas); a chunk of runs that holds SEED then meets the fault:
   directory (the launching process then does both);
 - ``twice``: the run is created twice, the first one left RUNNING and unknown to its job (as when a
   server commits a create_run whose answer times out, and MLflow's client sends it again);
-- ``created``: a worker process dies (as if killed) right after the run's creation returns, before its
-  job could record it (in the launching process: no effect);
+- ``created``, ``logged``: a worker process dies (as if killed) right after the run's creation, or its
+  result's logging (the run FINISHED), returns, before its job could record it (in the launching
+  process: no effect);
 - ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
 
 With XOREXP_STARTS_DIR set, every Python interpreter that starts with this folder on its path writes
@@ -103,20 +104,26 @@ if _faults:
 
         _writing.start_run = _start_run
 
-    if any(kind == "created" for kind, _, _ in _faults):
-        from xorexp.tracking import writing as _writing
+    def _die_after(real, kind):
+        """``real``, then the worker dies if the call's spec (or its result's: the argument after the
+        run id) holds a seed of ``kind``."""
 
-        _real_create = _writing.start_run
-
-        def _create_and_die(store, spec, *args, **kwargs):
-            run_id = _real_create(store, spec, *args, **kwargs)
+        def call(store, *args, **kwargs):
+            returned = real(store, *args, **kwargs)
+            spec = args[0] if kind == "created" else args[1].spec
             if multiprocessing.parent_process() is not None and any(
-                kind == "created" and spec.seed == int(seed) for kind, _, seed in _faults
+                k == kind and spec.seed == int(seed) for k, _, seed in _faults
             ):
                 os._exit(9)
-            return run_id
+            return returned
 
-        _writing.start_run = _create_and_die
+        return call
+
+    if any(kind in ("created", "logged") for kind, _, _ in _faults):
+        from xorexp.tracking import writing as _writing
+
+        _writing.start_run = _die_after(_writing.start_run, "created")
+        _writing.log_result = _die_after(_writing.log_result, "logged")
 
     if any(kind == "ahead" for kind, _, _ in _faults):
         import xorexp.train_ahead as _train_ahead
