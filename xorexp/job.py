@@ -309,8 +309,7 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
             raise handover.error
         if handover is None or handover.result is None:  # train here, the run RUNNING meanwhile
             if run_id is None:
-                record.write(status=STARTING)
-                run_id = writing.start_run(store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
+                run_id = _start_run(record, store, spec, tags=job_tags(cfg), parent_run_id=parent_id)
             iterations = IterationProgress() if not multirun else None
             [result] = train([spec], progress=iterations)
             if iterations is not None:
@@ -335,9 +334,8 @@ def run_tracked(cfg: DictConfig, spec: RunSpec, handover: Handover | None = None
                 background.submit(hc.job.num, run)
                 return result.final_loss  # for now: the launcher settles it with the run's end
             if run_id is None:
-                record.write(status=STARTING)
-                run_id = writing.start_run(
-                    store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
+                run_id = _start_run(
+                    record, store, spec, tags=job_tags(cfg), parent_run_id=parent_id, with_params=False
                 )
             track(store, run_id, result, cfg, handover.pngs, params_logged=False, resumed=resumed)
     except KeyboardInterrupt as interrupt:
@@ -369,8 +367,7 @@ def _run_in_background(
     """A launcher-trained job's run from its creation to its end, in the background; the job's value."""
     run_id = None
     try:
-        record.write(status=STARTING)
-        run_id = writing.start_run(store, result.spec, tags=tags, parent_run_id=parent_id, with_params=False)
+        run_id = _start_run(record, store, result.spec, tags=tags, parent_run_id=parent_id, with_params=False)
         if background.stop_status is not None:  # the launcher is stopping: no more of this run
             _end_quietly(store, run_id, background.stop_status, record)
             return math.nan
@@ -378,6 +375,13 @@ def _run_in_background(
     except Exception as error:
         return _failed(store, result.spec, record, run_id, parent_id, error, job, tags)
     return _finished(record, run_id, result, job)
+
+
+def _start_run(record: JobRecord, store: Store, spec: RunSpec, **kwargs) -> str:
+    """The job's run created (``writing.start_run``), its record saying ``STARTING`` just before:
+    an attempt that dies in between leaves its successor a record to look the run up by."""
+    record.write(status=STARTING)
+    return writing.start_run(store, spec, **kwargs)
 
 
 def _ended_unrecorded(record: JobRecord, run, job: JobContext) -> float:
@@ -420,8 +424,7 @@ def _failed(
     abort = _store_abort(store, error)
     try:
         if run_id is None:
-            record.write(status=STARTING)
-            run_id = writing.start_run(store, spec, tags=tags, parent_run_id=parent_id)
+            run_id = _start_run(record, store, spec, tags=tags, parent_run_id=parent_id)
         writing.log_failure(store, run_id, spec, text)
     except Exception as second:  # the store refuses the failure too
         job.info("could not record the failure", exc_info=True)

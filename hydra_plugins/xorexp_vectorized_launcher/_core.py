@@ -191,10 +191,8 @@ class JobRunner:
                     handover = Handover(job.spec, error=extra)
                 else:
                     handover = Handover(job.spec, result=result, pngs=extra, background=self.background)
-                if feeds is not None and job.idx in feeds:
-                    with progress.feeding(feeds[job.idx]):
-                        out[job.idx] = self.run(job, handover)
-                else:
+                sink = feeds.get(job.idx) if feeds is not None else None
+                with progress.feeding(sink) if sink is not None else contextlib.nullcontext():
                     out[job.idx] = self.run(job, handover)
                 self.output_dirs[job.idx] = self.output_dir
             for idx, value in self.background.settle().items():

@@ -33,14 +33,19 @@ def get_runs(store: Store, run_ids: list[str]) -> list:
     return [store.client.get_run(run_id) for run_id in run_ids]
 
 
-def _newest(store: Store, filter_string: str) -> str | None:
+def _newest_run(store: Store, filter_string: str) -> Any:
     runs = store.client.search_runs(
         [store.experiment_id],
         filter_string=filter_string,
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+def _newest(store: Store, filter_string: str) -> str | None:
+    run = _newest_run(store, filter_string)
+    return run.info.run_id if run is not None else None
 
 
 def find_finished(store: Store, spec: RunSpec) -> str | None:
@@ -50,8 +55,7 @@ def find_finished(store: Store, spec: RunSpec) -> str | None:
 
 def job_run(store: Store, parent_run_id: str, job_num: int) -> Any:
     """The newest run of job ``job_num`` of the sweep ``parent_run_id`` (an mlflow Run), None if none."""
-    run_id = _newest(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_JOB}` = '{job_num}'")
-    return None if run_id is None else get_run(store, run_id)
+    return _newest_run(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_JOB}` = '{job_num}'")
 
 
 def latest_sweep(store: Store) -> str | None:
