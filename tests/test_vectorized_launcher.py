@@ -51,6 +51,65 @@ def test_each_interpolation_text_is_parsed_once_and_resolves_as_before(monkeypat
             OmegaConf.create({"bad": "x/${num"})
 
 
+# override lines and values YAML writes in every style: plain, quoted, escaped, wrapped, typed
+AWKWARD = [
+    "lr=0.1", "tracking.experiment=a\\ name\\ with\\ spaces " + "long enough to wrap " * 5, "a='b: c'",
+    "x=#c", "y=- d", "'", "", "null", "true", "1", "1e5", "z=[1,2]", "é=ü", "key: value", " lead",
+    "trail ", "x" * 200, "a b " * 40,
+]
+
+
+@pytest.mark.parametrize("path", [(), ("task",), ("hydra", "overrides", "task")])
+def test_yaml_texts_kept_per_value_are_what_a_dump_writes(path):
+    """A slot's text made from kept texts (a list item by item) is the text of dumping it whole,
+    and a value's kept text is not another value's that compares equal (1 and 1.0, 0.0 and -0.0)."""
+    for value in [AWKWARD, AWKWARD[:1], [1, 2.5, None, "s"], [-0.0, 0.0, 1.0, 1], []]:
+        for _ in range(2):  # made, then kept
+            assert _hydra_job._slot_text(path, value) == _hydra_job._rendered(path, value)
+    if path:
+        for value in [*AWKWARD, 0.1, -0.0, 0.0, 1, 1.0, True, None, 1e-7, 10**20, {"a": [1]}]:
+            for _ in range(2):
+                assert _hydra_job._slot_text(path, value) == _hydra_job._rendered(path, value)
+        assert "-0.0" in _hydra_job._slot_text(path, -0.0) and "-0.0" not in _hydra_job._slot_text(path, 0.0)
+    lines = ["lr=0.1", "seed=3"]
+    assert _hydra_job.list_yaml(lines) == OmegaConf.to_yaml(OmegaConf.create(lines))
+
+
+def test_a_yaml_template_writes_what_omegaconf_writes():
+    """A config's YAML from its template, with other values in its slots (a typed int, a typed
+    list, untyped keys, nested keys), is ``OmegaConf.to_yaml``'s text, byte for byte."""
+    from dataclasses import dataclass, field
+    from typing import Any
+
+    @dataclass
+    class Job:
+        num: int = 0
+        override_dirname: str = ""
+        task: list = field(default_factory=list)
+
+    cfg = OmegaConf.create({"lr": 0.1, "seed": 3, "job": OmegaConf.structured(Job), "deep": {"a": {"b": "x"}},
+                            "after": [1, 2], "last": "${lr}"})
+    slots = [("lr",), ("seed",), ("job", "num"), ("job", "task"), ("job", "override_dirname"),
+             ("deep", "a", "b")]
+    template = _hydra_job.YamlTemplate.of(cfg, slots)
+    assert template is not None and len(template.pieces) == len(slots) + 1
+    values: list[Any] = [
+        (0.5, 7, 12, ["lr=0.5", "seed=7"], "lr=0.5,seed=7", "y"),
+        (-0.0, "${seed}", 918273645546372819, AWKWARD, AWKWARD[1], "a b " * 40),
+        (None, 1e-9, 0, [], "", "null"),
+    ]
+    for row in values:
+        other = OmegaConf.create(OmegaConf.to_container(cfg))
+        other.job = OmegaConf.merge(OmegaConf.structured(Job), other.job)
+        for path, value in zip(slots, row, strict=True):
+            OmegaConf.update(other, ".".join(path), value, merge=True)
+        assert template.render(other) == OmegaConf.to_yaml(other)
+    assert template.render(OmegaConf.create({"lr": 1})) is None  # a slot without a node: dumped whole
+    assert _hydra_job.YamlTemplate.of(OmegaConf.create({"flag": True}), [("flag",)]) is not None
+    typed = OmegaConf.structured(Job)
+    assert _hydra_job.YamlTemplate.of(OmegaConf.create({"job": typed, "n": 1.5}), [("n",)]) is not None
+
+
 @pytest.mark.parametrize("launcher_name, overrides", [("vectorized", [])])
 class TestVectorizedLauncher(LauncherTestSuite):
     pass

@@ -24,7 +24,7 @@ from xorexp.errors import fail
 from xorexp.params import RESULT_KEYS
 from xorexp.train import RunSpec
 
-from ._hydra_job import HydraYaml
+from ._hydra_job import HYDRA_SLOTS, YamlTemplate
 
 log = logging.getLogger(__name__)
 TRACKING_KEYS = ("tracking.uri", "tracking.experiment")  # what ``check_tracking`` reads
@@ -54,7 +54,7 @@ class JobConfigs:
     """What a job runs with, as Hydra's ``run_job`` would make it: ``config`` (the whole job config),
     ``task`` (``config`` without its ``hydra`` node: the task function's argument) and ``hydra``
     (``config``'s ``hydra`` node alone: HydraConfig's and the JobReturn's), and, when the job's shape
-    has one, the template of its ``.hydra/hydra.yaml``.
+    has them, the templates of its ``.hydra/hydra.yaml`` and ``.hydra/config.yaml``.
 
     A job derived from its shape's template has no ``hydra`` of its own (None): HydraConfig gets
     ``config`` itself, whose ``hydra`` node is the same, and its hydra.yaml comes from the template;
@@ -63,21 +63,24 @@ class JobConfigs:
     config: DictConfig
     task: DictConfig
     hydra: DictConfig | None
-    hydra_yaml: HydraYaml | None = None
+    hydra_yaml: YamlTemplate | None = None
+    task_yaml: YamlTemplate | None = None
 
 
 @dataclass
 class _Template:
     """The first job of a shape: its overrides, its three configs pickled (unpickling makes a fresh
     copy ~7x faster than ``copy.deepcopy``; cloudpickle: plain pickle refuses the schema classes of
-    plugins Hydra loaded outside sys.modules), the values a RunSpec needs and its hydra.yaml template."""
+    plugins Hydra loaded outside sys.modules), the values a RunSpec needs and the templates of its
+    hydra.yaml and config.yaml."""
 
     parsed: list[Override]
     config: bytes
     task: bytes
     hydra: bytes
     values: dict | None
-    hydra_yaml: HydraYaml | None
+    hydra_yaml: YamlTemplate | None
+    task_yaml: YamlTemplate | None
     lines: frozenset[str]  # its overrides as typed
     tracking: dict  # its TRACKING_KEYS' values
 
@@ -191,7 +194,7 @@ class Composer:
             config.hydra.job.override_dirname = override_dirname
             _job_fields(config, job_idx)
         OmegaConf.set_readonly(config.hydra, True)
-        return JobConfigs(config, task, None, template.hydra_yaml)
+        return JobConfigs(config, task, None, template.hydra_yaml, template.task_yaml)
 
     def _derivable(self, shape: tuple | None) -> bool:
         return shape is not None and self.enabled and shape in self.templates and shape in self.checked
@@ -216,6 +219,8 @@ class Composer:
                 derived.config.hydra.runtime.output_dir = "/checked/output/dir"
             hydra = OmegaConf.masked_copy(derived.config, "hydra")  # as Hydra's run_job makes it
             same = derived.hydra_yaml.render(derived.config) == OmegaConf.to_yaml(hydra)
+        if same and derived.task_yaml is not None:  # and the config.yaml template
+            same = derived.task_yaml.render(derived.task) == OmegaConf.to_yaml(derived.task)
         if not same:
             log.warning("vectorized launcher: a derived job config differs from Hydra's; composing all")
             self.enabled = False
@@ -266,7 +271,8 @@ def _template(parsed: list[Override], cfg: DictConfig) -> _Template:
         task=cloudpickle.dumps(task),
         hydra=cloudpickle.dumps(hydra),
         values=values,
-        hydra_yaml=HydraYaml.of(hydra),
+        hydra_yaml=YamlTemplate.of(hydra, HYDRA_SLOTS),
+        task_yaml=YamlTemplate.of(task, [tuple(override.key_or_group.split(".")) for override in parsed]),
         lines=frozenset(override.input_line for override in parsed),
         tracking={key.split(".")[1]: OmegaConf.select(cfg, key) for key in TRACKING_KEYS},
     )

@@ -9,8 +9,10 @@ What it does not do per job (about 40 ms of Hydra's ~60 ms outside the task, mea
 
 - copy the job's config three times (two ``copy.deepcopy`` and ``HydraConfig.set_config``'s masked
   copy, twice): ``JobConfigs`` come made, from a per-shape template (see ``_compose``);
-- dump the whole hydra node to YAML: ``HydraYaml`` renders it once per shape with markers in the
-  five fields that differ between jobs, and fills them per job (checked against a full dump);
+- dump the whole hydra node and the task config to YAML: a ``YamlTemplate`` renders each once per
+  shape with markers in the fields that differ between jobs (five of the hydra node, the overridden
+  keys of the task config) and fills them per job from texts kept per value (checked against a full
+  dump); ``overrides.yaml`` too is written from texts kept per override;
 - configure logging with ``logging.config.dictConfig``: ``JobLogs`` configures it once per process
   and points the configured log files at each job's, unless anything else in the config differs;
 - parse the same interpolations again: OmegaConf parses an interpolation's text with its ANTLR
@@ -25,6 +27,7 @@ import functools
 import logging
 import os
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +36,18 @@ from hydra import version
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
 from hydra.types import TaskFunction
-from omegaconf import DictConfig, OmegaConf, grammar_parser, open_dict, read_write
+from omegaconf import (
+    AnyNode,
+    DictConfig,
+    IntegerNode,
+    ListConfig,
+    Node,
+    OmegaConf,
+    StringNode,
+    grammar_parser,
+    open_dict,
+    read_write,
+)
 from omegaconf import _utils as omegaconf_utils
 from omegaconf import base as omegaconf_base
 from omegaconf._utils import get_omega_conf_dumper
@@ -43,14 +57,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the fields of the hydra node that differ between the jobs of one shape: (group, key, a marker)
-SLOTS: tuple[tuple[str, str, Any], ...] = (
-    ("overrides", "task", ["XOREXP-SLOT-overrides-task"]),
-    ("job", "override_dirname", "XOREXP-SLOT-job-override_dirname"),
-    ("job", "id", "XOREXP-SLOT-job-id"),
-    ("job", "num", 918273645546372819),
-    ("runtime", "output_dir", "XOREXP-SLOT-runtime-output_dir"),
+# the fields of the hydra node that differ between the jobs of one shape: (group, key)
+SLOTS: tuple[tuple[str, str], ...] = (
+    ("overrides", "task"),
+    ("job", "override_dirname"),
+    ("job", "id"),
+    ("job", "num"),
+    ("runtime", "output_dir"),
 )
+HYDRA_SLOTS = tuple(("hydra", group, key) for group, key in SLOTS)
 
 
 PARSES_KEPT = 1024  # distinct interpolation texts whose parse trees a process keeps
@@ -78,56 +93,147 @@ def _dump(container: Any) -> str:
     return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=dumper)
 
 
-def _rendered(group: str, key: str, value: Any) -> str:
-    """How ``hydra.<group>.<key>: value`` is written in hydra.yaml: its whole lines, from the key's
-    indentation (a value, or a list on the next lines), at the same depth, hence the same wrapping."""
-    text = _dump({"hydra": {group: {key: value}}})
-    return text[text.index(f"\n    {key}:") + 1 :]
+def _rendered(path: tuple[str, ...], value: Any) -> str:
+    """How ``value`` at the keys ``path`` is written in a config's YAML: its whole lines, from its
+    key's indentation (a value, or a list or mapping on the next lines), at the same depth, hence the
+    same wrapping. (Each key above it is one line.)"""
+    nested = value
+    for key in reversed(path):
+        nested = {key: nested}
+    text = _dump(nested)
+    return text.split("\n", len(path) - 1)[-1] if path else text
 
 
-class HydraYaml:
-    """A shape's ``.hydra/hydra.yaml``: the text between the per-job fields, rendered once."""
+KEPT_TEXTS = 4096  # slot texts a process keeps, per distinct (keys, value): a grid repeats its values
+_kept: dict[tuple, str] = {}
+_PLAIN = (str, int, float, type(None))  # values written on one line, whatever came before them
 
-    def __init__(self, pieces: Sequence[str], order: Sequence[int]) -> None:
+
+def _kept_text(path: tuple[str, ...], value: Any) -> str:
+    """``_rendered(path, value)``, kept per value (its type and repr: 1 and 1.0, -0.0 and 0.0 differ)."""
+    key = (path, type(value), repr(value))
+    text = _kept.get(key)
+    if text is None:
+        text = _rendered(path, value)
+        if len(_kept) >= KEPT_TEXTS:
+            _kept.clear()
+        _kept[key] = text
+    return text
+
+
+def _slot_text(path: tuple[str, ...], value: Any) -> str:
+    """``_rendered(path, value)`` from kept texts: a plain value's text is kept as it is; a list of
+    one-line plain values is its key's line and then each item's lines (written one after the other
+    by YAML's block sequence, at the same column: each item's text depends on that item alone).
+    Anything else is dumped."""
+    if type(value) in _PLAIN and not (type(value) is str and "\n" in value):
+        return _kept_text(path, value)
+    if (
+        type(value) is list
+        and value
+        and all(type(item) in _PLAIN and not (type(item) is str and "\n" in item) for item in value)
+    ):
+        items = [_kept_text(path, [item]) for item in value]
+        head = items[0][: items[0].index("\n") + 1] if path else ""
+        return head + "".join(item[len(head) :] for item in items)
+    return _rendered(path, value)
+
+
+def list_yaml(items: list) -> str:
+    """``OmegaConf.to_yaml`` of a list (e.g. ``.hydra/overrides.yaml``), from kept texts."""
+    return _slot_text((), items)
+
+
+_NOT_A_VALUE = object()
+
+
+def _node_at(cfg: DictConfig, path: tuple[str, ...]) -> Node | None:
+    """The node at the keys ``path`` of ``cfg``; None when a key on the way is missing or not a mapping."""
+    node: Any = cfg
+    for key in path:
+        if not isinstance(node, DictConfig):
+            return None
+        node = node._get_node(key)
+    return node
+
+
+def _value_at(cfg: DictConfig, path: tuple[str, ...]) -> Any:
+    """What ``OmegaConf.to_yaml(cfg)`` writes at ``path``, unresolved, as a plain value or container;
+    ``_NOT_A_VALUE`` when there is no node there."""
+    node = _node_at(cfg, path)
+    if node is None:
+        return _NOT_A_VALUE
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, enum_to_str=True)
+    value = node._value()
+    return value.name if isinstance(value, Enum) else value
+
+
+class YamlTemplate:
+    """A config's YAML text (as ``OmegaConf.to_yaml`` writes it) for configs that differ only in the
+    values at a few keys (its slots): the text between the slots rendered once, each slot's lines
+    written per config (``_slot_text``). Used for the jobs of a shape: their ``.hydra/hydra.yaml``
+    (slots ``HYDRA_SLOTS``) and ``.hydra/config.yaml`` (slots: the keys the shape's overrides set)."""
+
+    def __init__(self, slots: Sequence[tuple[str, ...]], pieces: Sequence[str], order: Sequence[int]) -> None:
+        self.slots = list(slots)
         self.pieces = list(pieces)  # len(order) + 1 texts around the slots
         self.order = list(order)  # which slot comes at each gap
 
     @classmethod
-    def of(cls, hydra_cfg: DictConfig) -> HydraYaml | None:
-        """The template of a job's hydra config (``{"hydra": ...}``); None when the text cannot be
-        cut at the markers exactly (then the job's hydra.yaml is dumped whole, as Hydra does)."""
-        marked = copy.deepcopy(hydra_cfg)
-        with read_write(marked.hydra), open_dict(marked.hydra):
-            for group, key, marker in SLOTS:
-                marked.hydra[group][key] = marker
-        text = OmegaConf.to_yaml(marked)
+    def of(cls, cfg: DictConfig, slots: Sequence[tuple[str, ...]]) -> YamlTemplate | None:
+        """The template of configs like ``cfg``; None when a slot cannot take a marker or the text
+        cannot be cut at the markers exactly (then each config is dumped whole, as Hydra does)."""
+        marked = copy.deepcopy(cfg)
+        markers = []
+        try:
+            for i, path in enumerate(slots):
+                marker = _marker(i, _node_at(marked, path))
+                if marker is None:
+                    return None
+                parent = OmegaConf.select(marked, ".".join(path[:-1])) if len(path) > 1 else marked
+                with read_write(parent), open_dict(parent):
+                    parent[path[-1]] = marker
+                markers.append(marker)
+        except Exception:  # a typed node refusing the marker, a key with a dot: no template
+            log.debug("no YAML template for slots %s", slots, exc_info=True)
+            return None
+        text = "\n" + OmegaConf.to_yaml(marked)
         found = []
-        for i, (group, key, marker) in enumerate(SLOTS):
-            rendered = _rendered(group, key, marker)
-            if text.count(f"\n{rendered}") != 1:
+        for i, (path, marker) in enumerate(zip(slots, markers, strict=True)):
+            rendered = "\n" + _rendered(path, marker)
+            if text.count(rendered) != 1:
                 return None
-            found.append((text.index(f"\n{rendered}") + 1, len(rendered), i))
+            found.append((text.index(rendered) + 1, len(rendered) - 1, i))
         found.sort()
-        pieces, start = [], 0
+        pieces, start = [], 1
         for at, length, _ in found:
             pieces.append(text[start:at])
             start = at + length
         pieces.append(text[start:])
-        template = cls(pieces, [i for _, _, i in found])
-        return template if template.render(marked) == text else None
+        template = cls(slots, pieces, [i for _, _, i in found])
+        return template if template.render(marked) == text[1:] else None
 
-    def render(self, hydra_cfg: DictConfig) -> str:
-        """The hydra.yaml of a job of this shape."""
-        node = hydra_cfg.hydra
-        values = [
-            OmegaConf.to_container(node[group][key]) if group == "overrides" else node[group][key]
-            for group, key, _ in SLOTS
-        ]
+    def render(self, cfg: DictConfig) -> str | None:
+        """The YAML text of ``cfg``, a config of this template; None if a slot holds no value."""
+        values = [_value_at(cfg, path) for path in self.slots]
+        if any(value is _NOT_A_VALUE for value in values):
+            return None
         out = [self.pieces[0]]
         for i, piece in zip(self.order, self.pieces[1:], strict=True):
-            group, key, _ = SLOTS[i]
-            out += [_rendered(group, key, values[i]), piece]
+            out += [_slot_text(self.slots[i], values[i]), piece]
         return "".join(out)
+
+
+def _marker(i: int, node: Any) -> Any:
+    """A value the slot ``node`` takes that appears nowhere else in a config (None: none known)."""
+    if isinstance(node, ListConfig):
+        return [f"XOREXP-SLOT-{i}"]
+    if isinstance(node, IntegerNode):
+        return 918273645546372819 + i
+    if isinstance(node, (AnyNode, StringNode)):
+        return f"XOREXP-SLOT-{i}"
+    return None
 
 
 class JobLogs:
@@ -249,14 +355,16 @@ def run_job(
         if config.hydra.output_subdir is not None:
             hydra_dir = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
             hydra_dir.mkdir(parents=True, exist_ok=True)
-            if configs.hydra_yaml is not None:
-                hydra_yaml = configs.hydra_yaml.render(hydra_cfg)
-            else:
+            hydra_yaml = configs.hydra_yaml.render(hydra_cfg) if configs.hydra_yaml is not None else None
+            if hydra_yaml is None:
                 hydra_yaml = OmegaConf.to_yaml(OmegaConf.masked_copy(hydra_cfg, "hydra"))
+            task_yaml = configs.task_yaml.render(configs.task) if configs.task_yaml is not None else None
+            if task_yaml is None:
+                task_yaml = OmegaConf.to_yaml(configs.task)
             for name, text in (
-                ("config.yaml", OmegaConf.to_yaml(configs.task)),
+                ("config.yaml", task_yaml),
                 ("hydra.yaml", hydra_yaml),
-                ("overrides.yaml", OmegaConf.to_yaml(config.hydra.overrides.task)),
+                ("overrides.yaml", list_yaml(ret.overrides)),
             ):
                 with open(hydra_dir / name, "w", encoding="utf-8") as file:
                     file.write(text)
