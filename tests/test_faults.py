@@ -276,6 +276,23 @@ def test_signal_to_the_launching_process_only_leaves_no_worker(tmp_path, sig):
         assert not [k for k in by_status(tmp_path) if k[1] == "RUNNING"]
 
 
+def test_an_interrupt_a_finalizer_drops_comes_again_and_stops_the_sweep(tmp_path):
+    """A signal whose handler runs inside a finalizer (a weakref callback, a ``__del__``) raises
+    there, and Python drops that exception with a traceback on stderr: the sweep went on and ended
+    0 (as CI saw, SIGTERM and Ctrl-C alike). The dropped interrupt comes again and stops the sweep
+    as any SIGTERM does: 143, one line, the sweep KILLED, nothing RUNNING."""
+    args = ["-m", "seed=range(0,200)", "iterations=3000", f"hydra.sweep.dir={tmp_path}/m"]
+    proc = spawn(tmp_path, *args, env=fault_env("finalizer:0"))
+    assert proc.wait(timeout=120) == 143, (tmp_path / "stderr.txt").read_text()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("xorexp: interrupted (SIGTERM): "), lines
+    assert "Exception ignored" not in stderr
+    counts = by_status(tmp_path)
+    assert counts[("sweep", "KILLED")] == 1 and not [k for k in counts if k[1] == "RUNNING"], counts
+    assert counts[("job", "FINISHED")] < 200, counts
+
+
 def test_ctrl_c_on_a_single_run_marks_it_killed(tmp_path):
     proc = spawn(tmp_path, "iterations=5000000")
     wait_for_runs(tmp_path, "STARTING", 1, proc)  # its record: the store exists (opening it before: a race)

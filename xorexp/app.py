@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
@@ -49,6 +50,26 @@ def main(cfg: DictConfig) -> float:
 
 def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
+
+
+REDELIVERY_S = 0.05  # how soon an interrupt a finalizer dropped comes again
+_dropped: list[int] = []  # signals whose Interrupted a finalizer dropped, not seen by ``cli`` since
+
+
+def _interrupt_dropped(unraisable) -> None:
+    """``sys.unraisablehook``. A signal's handler runs in whatever Python code the main thread is
+    in, a finalizer too (a weakref callback, a ``__del__``, run when an object goes), and Python
+    drops an exception raised there ("Exception ignored in ..."): the command would go on as if the
+    signal never came. Such an Interrupted is sent again from another thread, shortly, so that it
+    lands in the command's own code; anything else is reported as Python reports it."""
+    error = unraisable.exc_value
+    if not isinstance(error, Interrupted):
+        sys.__unraisablehook__(unraisable)
+        return
+    _dropped.append(error.signum)
+    timer = threading.Timer(REDELIVERY_S, os.kill, (os.getpid(), error.signum))
+    timer.daemon = True
+    timer.start()
 
 
 def _one_line(text: str) -> str:
@@ -94,13 +115,17 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    sys.unraisablehook = _interrupt_dropped
     try:
         main()
+        if _dropped:  # the command ended before a dropped interrupt came again: it was interrupted
+            raise Interrupted(_dropped[0])
     except SystemExit:
         raise
     except BaseException as error:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _dropped.clear()
         error = unwrapped(error)  # an interrupt ends the sweep's runs KILLED, however it reached here
         status, message = outcome(error)
         running = sweep.current()

@@ -22,7 +22,10 @@ commas); a chunk of runs that holds SEED then meets the fault:
 - ``created``, ``logged``: a worker process dies (as if killed) right after the run's creation, or its
   result's logging (the run FINISHED), returns, before its job could record it (in the launching
   process: no effect);
-- ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not).
+- ``nodriver:0``: no PostgreSQL driver can be imported (whether one is installed or not);
+- ``finalizer:0``: right after the sweep's start, the launching process sends itself SIGTERM from a
+  weakref callback and runs on there, so that the signal's handler runs inside that finalizer,
+  whose exception Python drops ("Exception ignored in ...").
 
 With XOREXP_STARTS_DIR set, every Python interpreter that starts with this folder on its path writes
 ``<pid>.start`` there, holding its command line (a forked process is no interpreter start: it writes
@@ -169,3 +172,31 @@ if _faults:
             raise RuntimeError("injected summary fault")
 
         _report.finish_sweep = _finish_sweep
+
+
+if any(kind == "finalizer" for kind, _, _ in _faults):
+    import signal
+    import weakref
+
+    import xorexp.sweep as _sweep
+
+    _real_sweep_start = _sweep.Sweep.start.__func__
+
+    def _sweep_start(cls, config):
+        started = _real_sweep_start(cls, config)
+
+        def _finalizer(_ref):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**7):  # the handler runs here, within a few iterations
+                pass
+
+        class _Going:
+            pass
+
+        going = _Going()
+        ref = weakref.ref(going, _finalizer)
+        del going  # the callback runs now, in this thread
+        del ref
+        return started
+
+    _sweep.Sweep.start = classmethod(_sweep_start)
