@@ -106,7 +106,7 @@ def _rendered(path: tuple[str, ...], value: Any) -> str:
 
 KEPT_TEXTS = 4096  # slot texts a process keeps, per distinct (keys, value): a grid repeats its values
 _kept: dict[tuple, str] = {}
-_PLAIN = (str, int, float, type(None))  # values written on one line, whatever came before them
+_PLAIN = (str, int, float, type(None))  # scalars: a scalar's text depends on itself and its key alone
 
 
 def _kept_text(path: tuple[str, ...], value: Any) -> str:
@@ -215,8 +215,13 @@ class YamlTemplate:
         return template if template.render(marked) == text[1:] else None
 
     def render(self, cfg: DictConfig) -> str | None:
-        """The YAML text of ``cfg``, a config of this template; None if a slot holds no value."""
-        values = [_value_at(cfg, path) for path in self.slots]
+        """The YAML text of ``cfg``, a config of this template; None if a slot holds no value (or
+        reading one fails: the caller's full dump then fails as Hydra's would)."""
+        try:
+            values = [_value_at(cfg, path) for path in self.slots]
+        except Exception:
+            log.debug("a slot of %s could not be read", self.slots, exc_info=True)
+            return None
         if any(value is _NOT_A_VALUE for value in values):
             return None
         out = [self.pieces[0]]
