@@ -39,7 +39,7 @@ RUN_BOUNDARY_PX = (640, 480)
 
 _GRID = 100  # cells per side of the decision-boundary image, values at cell centres
 _LOW, _HIGH = -0.25, 1.25  # the input square shown by the decision boundary
-_PNG_LEVEL = 1  # ISA-L's deflate level (0-3): ~10x zlib's level 1 here, and files ~5 % smaller
+_PNG_LEVEL = 1  # ISA-L's deflate level (0-3): ~10x zlib's level 1 speed here, files ~2 % larger
 SURFACE_BUDGET = 1 << 20  # most array elements (8 MB of floats) per slice of the surface computation
 _MAX_BACKGROUNDS = 64  # learning-curve backgrounds kept per process, one per set of axis limits
 _MAX_LAYOUTS = 4  # title layouts kept per RunPlotter: the latest run's, for its second plot
@@ -400,9 +400,10 @@ def _png(canvas: FigureCanvasAgg) -> bytes:
     ~3/4 of the time: every row uses PNG's "up" filter (difference to the row above), which turns
     the figures' flat areas, repeated rows and the opaque alpha channel into zeros; RGBA spares a
     strided copy to RGB. The zlib stream is ISA-L's (``isal``): on these ~1 MB of mostly zeros its
-    level 1 takes ~0.2 ms where zlib's level 1 took ~2 ms, ~1/8 of a run's whole cost in a sweep
-    (``benchmarks/bench_plots.py``). Any PNG reader reads it; the bytes depend on ISA-L's version and
-    the CPU's instruction set, the pixels do not.
+    level 1 takes ~0.2-0.35 ms where zlib's level 1 took ~1.7-2.4 ms, for files ~2 % larger; both
+    plots of a run 9.9-11.3 -> 6.7-8.0 ms (``benchmarks/bench_plots.py --before 741ee4f``). Any PNG
+    reader reads it; the bytes depend on ISA-L's version and the CPU's instruction set, the pixels
+    do not.
     """
     width, height = canvas.get_width_height()
     pixels = np.asarray(canvas.buffer_rgba()).reshape(height, 4 * width)  # (H, 4W)
