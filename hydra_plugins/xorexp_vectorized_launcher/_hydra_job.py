@@ -57,15 +57,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the fields of the hydra node that differ between the jobs of one shape: (group, key)
-SLOTS: tuple[tuple[str, str], ...] = (
-    ("overrides", "task"),
-    ("job", "override_dirname"),
-    ("job", "id"),
-    ("job", "num"),
-    ("runtime", "output_dir"),
+# the fields of the hydra node that differ between the jobs of one shape: the slots of hydra.yaml
+HYDRA_SLOTS: tuple[tuple[str, ...], ...] = (
+    ("hydra", "overrides", "task"),
+    ("hydra", "job", "override_dirname"),
+    ("hydra", "job", "id"),
+    ("hydra", "job", "num"),
+    ("hydra", "runtime", "output_dir"),
 )
-HYDRA_SLOTS = tuple(("hydra", group, key) for group, key in SLOTS)
 
 
 PARSES_KEPT = 1024  # distinct interpolation texts whose parse trees a process keeps
@@ -121,18 +120,19 @@ def _kept_text(path: tuple[str, ...], value: Any) -> str:
     return text
 
 
+def _scalar(value: Any) -> bool:
+    """A plain value whose text is kept: one of ``_PLAIN``, a string without a line break."""
+    return type(value) in _PLAIN and not (type(value) is str and "\n" in value)
+
+
 def _slot_text(path: tuple[str, ...], value: Any) -> str:
     """``_rendered(path, value)`` from kept texts: a plain value's text is kept as it is; a list of
     one-line plain values is its key's line and then each item's lines (written one after the other
     by YAML's block sequence, at the same column: each item's text depends on that item alone).
     Anything else is dumped."""
-    if type(value) in _PLAIN and not (type(value) is str and "\n" in value):
+    if _scalar(value):
         return _kept_text(path, value)
-    if (
-        type(value) is list
-        and value
-        and all(type(item) in _PLAIN and not (type(item) is str and "\n" in item) for item in value)
-    ):
+    if type(value) is list and value and all(_scalar(item) for item in value):
         items = [_kept_text(path, [item]) for item in value]
         head = items[0][: items[0].index("\n") + 1] if path else ""
         return head + "".join(item[len(head) :] for item in items)
@@ -191,11 +191,11 @@ class YamlTemplate:
                 marker = _marker(i, _node_at(marked, path))
                 if marker is None:
                     return None
-                parent = OmegaConf.select(marked, ".".join(path[:-1])) if len(path) > 1 else marked
+                parent = _node_at(marked, path[:-1])
                 with read_write(parent), open_dict(parent):
                     parent[path[-1]] = marker
                 markers.append(marker)
-        except Exception:  # a typed node refusing the marker, a key with a dot: no template
+        except Exception:  # a typed node refusing the marker: no template
             log.debug("no YAML template for slots %s", slots, exc_info=True)
             return None
         text = "\n" + OmegaConf.to_yaml(marked)
