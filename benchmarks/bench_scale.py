@@ -6,7 +6,7 @@ Backends: (a) an embedded sqlite store, (b) ``mlflow server`` on sqlite, (c) ``m
 PostgreSQL, (d) PostgreSQL directly (``tracking.uri=postgresql://...``). PostgreSQL is Debian's, started
 in a temp dir with its default settings (fsync on); every server listens on 127.0.0.1 and is stopped at
 the end. Each writer is a process that opens the store, waits for the common start, then logs ``--runs``
-finished runs the way a sweep's job does (``writing.start_run`` + ``writing.log_result``: params, a
+finished runs the way a sweep's job does (``run_logging.start_run`` + ``run_logging.log_result``: params, a
 3-point loss trace, summary metrics, outcome tag, predictions.json and model/params.npz; no plots, no
 model), and reports its wall and CPU time. Prints runs/s per backend and writer count, ratios, and the
 CPU per run of the writers, of the MLflow server (all its processes) and of PostgreSQL (postmaster and
@@ -36,7 +36,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def writer(uri: str, runs: int, first_seed: int) -> None:
     """One writer process: open the store, say ready, wait for 'go' on stdin, log ``runs`` runs."""
-    from xorexp.tracking import writing
+    from xorexp import run_logging
     from xorexp.tracking.store import open_store
     from xorexp.train import RunSpec, train
 
@@ -48,8 +48,8 @@ def writer(uri: str, runs: int, first_seed: int) -> None:
     sys.stdin.readline()
     wall, cpu = time.perf_counter(), time.process_time()
     for spec, result in zip(specs, results, strict=True):
-        run_id = writing.start_run(store, spec, with_params=False)
-        writing.log_result(store, run_id, result, params_logged=False, model=False)
+        run_id = run_logging.start_run(store, spec, with_params=False)
+        run_logging.log_result(store, run_id, result, params_logged=False, model=False)
     print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}), flush=True)
 
 

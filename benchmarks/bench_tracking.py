@@ -6,7 +6,7 @@ Trains the runs of the benchmark sweep (h=2, lr on 10 values, 10,000 iterations:
 then, in this one process and into a fresh store:
 - renders each run's two PNGs (``chunks.render_run_plots``), ms per run;
 - logs each run exactly as a job does after the vectorized launcher trained it
-  (``writing.start_run(with_params=False)`` + ``writing.log_result`` with params, tags, the trace,
+  (``run_logging.start_run(with_params=False)`` + ``run_logging.log_result`` with params, tags, the trace,
   predictions, config.yaml, a .hydra folder and the two PNGs), ms per run;
 - the same with 1,500-point traces (150,000 iterations, the default), ms per run;
 - the 100-point case again with the runs split over 2 processes logging at once into the same store
@@ -29,10 +29,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from xorexp import chunks
+from xorexp import chunks, run_logging
 from xorexp.background import Background
 from xorexp.params import run_name
-from xorexp.tracking import writing
 from xorexp.tracking.store import open_store
 from xorexp.train import RunSpec, train
 
@@ -47,8 +46,8 @@ def log_all(store, results, pngs, hydra_dir: Path, overlap: bool = False) -> lis
     config = "hidden_units: 2\nlr: 0.1\n"
 
     def log_run(result, plots) -> None:
-        run_id = writing.start_run(store, result.spec, tags={"xorexp.overrides": "x"}, with_params=False)
-        writing.log_result(
+        run_id = run_logging.start_run(store, result.spec, tags={"xorexp.overrides": "x"}, with_params=False)
+        run_logging.log_result(
             store,
             run_id,
             result,

@@ -18,6 +18,7 @@ from PIL import Image
 from tests.conftest import ROOT
 from xorexp import nn, run_plots
 from xorexp.chunks import DECISION_BOUNDARY, LEARNING_CURVE, render_run_plots
+from xorexp.compat import matplotlib as compat_matplotlib
 from xorexp.plot_style import OUTCOME_COLORS
 from xorexp.train import RunSpec, train
 
@@ -59,6 +60,7 @@ def digest(pngs: dict[str, bytes]) -> str:
     return hashlib.sha256(pngs[LEARNING_CURVE] + pngs[DECISION_BOUNDARY]).hexdigest()
 
 
+@pytest.mark.floor
 def test_both_plots_are_pngs(results):
     pngs = render_run_plots(results["solved"], name(SOLVED))
     assert set(pngs) == {LEARNING_CURVE, DECISION_BOUNDARY}
@@ -126,6 +128,7 @@ def test_non_finite_outputs_show_grey(results):
     assert no_loss.startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.floor
 def test_the_images_show_the_run(results):
     """Different runs under one title give different bytes; the surface's pixels have its colours."""
     plotter = run_plots.RunPlotter()
@@ -235,6 +238,7 @@ def decode_rgba(png: bytes) -> np.ndarray:
     "title",
     ["h2-lr5-s3: solved, final loss 0.000513", "gypsy jQ_ WAVE Tj: diverged, final loss inf", "Ä é ² →"],
 )
+@pytest.mark.floor
 def test_run_plotter_pixels_equal_the_figures_drawn_by_matplotlib(results, title):
     """The fast path (surface painted into the canvas, titles from cached glyph bitmaps, blitting)
     gives the very pixels of the same Figure drawn whole by matplotlib (imshow "nearest", Text.draw)."""
@@ -278,15 +282,21 @@ def test_the_surface_is_painted_one_cell_per_pixel_centre(results):
     assert len(np.unique(cells[0])) == len(np.unique(cells[:, 0])) == run_plots._GRID
 
 
+@pytest.mark.floor
 def test_glyph_cache_reuses_bitmaps_and_stays_bounded(results, monkeypatch):
+    """With matplotlib's per-glyph internals, bitmaps are kept and reused, within a bound; without
+    them (an older matplotlib), every title is drawn by matplotlib and nothing is kept."""
     r = results["stuck"]
     plotter = run_plots.RunPlotter()
     plotter.learning_curve_png(r.trace_steps, r.loss_trace, "aaaa aaaa", r.spec.iterations, r.outcome)
     held = len(plotter._glyphs._bitmaps)
+    if not compat_matplotlib.glyph_internals():
+        assert held == 0 and not plotter._glyphs.enabled
+        return
     assert 1 <= held <= 9  # 'a' and ' ' at a few 1/64-pixel offsets
     plotter.learning_curve_png(r.trace_steps, r.loss_trace, "aaaa aaaa", r.spec.iterations, r.outcome)
     assert len(plotter._glyphs._bitmaps) == held  # drawn again from the cache
-    monkeypatch.setattr(run_plots, "_MAX_GLYPHS", 3)
+    monkeypatch.setattr(compat_matplotlib, "_MAX_GLYPHS", 3)
     for text in ("bcdefgh", "ijklmnop", "qrstuvw"):
         plotter.learning_curve_png(r.trace_steps, r.loss_trace, text, r.spec.iterations, r.outcome)
         assert len(plotter._glyphs._bitmaps) <= 3 + len(text)

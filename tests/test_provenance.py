@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_cli, runs_of, store_uri
-from xorexp import provenance
-from xorexp.tracking import writing
+from xorexp import provenance, run_logging
 from xorexp.tracking.store import open_store
 from xorexp.train import RunSpec, train
 
 
+@pytest.mark.floor
 def test_environment_tags_name_versions_platform_and_numpy_build():
     tags = provenance.environment_tags()
     assert tags["xorexp.version.python"] == platform.python_version()
@@ -52,9 +52,9 @@ def test_provenance_is_computed_once_per_process(monkeypatch):
 def test_every_run_carries_the_tags(tmp_path):
     store = open_store(store_uri(tmp_path), "xorexp")
     [result] = train([RunSpec(iterations=200)])
-    parent = writing.start_parent(store, "sweep", {})
-    run_id = writing.start_run(store, result.spec, parent_run_id=parent)
-    writing.log_result(store, run_id, result)
+    parent = run_logging.start_parent(store, "sweep", {})
+    run_id = run_logging.start_run(store, result.spec, parent_run_id=parent)
+    run_logging.log_result(store, run_id, result)
     for tags in (store.client.get_run(run_id).data.tags, store.client.get_run(parent).data.tags):
         for key, value in provenance.tags().items():
             assert tags[key] == value

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, read_artifact_json, run_cli, runs_of, store_uri
-from xorexp import pyfunc
+from xorexp import pyfunc, run_logging
 from xorexp.data import X
-from xorexp.tracking import reading, writing
+from xorexp.tracking import reading
 from xorexp.tracking.store import open_store
 from xorexp.tracking.tags import PARAMS_ARTIFACT
 from xorexp.train import RunSpec, train
@@ -36,12 +36,13 @@ def test_forward_of_a_params_file_has_the_bits_of_the_engine(tmp_path):
         assert pyfunc.predict_proba(arrays, X).tobytes() == result.predictions.tobytes()
 
 
+@pytest.mark.floor
 def test_logged_model_loads_and_predicts_the_logged_bits(tmp_path, monkeypatch):
     uri = store_uri(tmp_path)
     store = open_store(uri, "xorexp")
     [result] = train([RunSpec(iterations=1500, seed=7, lr=0.8)])
-    run_id = writing.start_run(store, result.spec)
-    writing.log_result(store, run_id, result)  # no parent: gets a model
+    run_id = run_logging.start_run(store, result.spec)
+    run_logging.log_result(store, run_id, result)  # no parent: gets a model
     assert pyfunc.has_model(store, run_id)
     assert store.client.get_run(run_id).info.status == "FINISHED"
     names = {a.path for a in store.client.list_artifacts(run_id, "model")}
@@ -61,10 +62,10 @@ def test_logged_model_loads_and_predicts_the_logged_bits(tmp_path, monkeypatch):
 
 def test_a_sweep_child_gets_params_but_no_model(tmp_path):
     store = open_store(store_uri(tmp_path), "xorexp")
-    parent = writing.start_parent(store, "sweep", {})
+    parent = run_logging.start_parent(store, "sweep", {})
     [result] = train([RunSpec(iterations=300)])
-    run_id = writing.start_run(store, result.spec, parent_run_id=parent)
-    writing.log_result(store, run_id, result)
+    run_id = run_logging.start_run(store, result.spec, parent_run_id=parent)
+    run_logging.log_result(store, run_id, result)
     assert not pyfunc.has_model(store, run_id)
     names = [a.path for a in store.client.list_artifacts(run_id, "model")]
     assert names == [PARAMS_ARTIFACT]
@@ -92,8 +93,8 @@ def test_a_logged_model_names_no_xorexp_module_and_loads_without_xorexp(tmp_path
     ``xorexp.<module>`` path, so renaming or moving xorexp's modules cannot break logged models."""
     store = open_store(store_uri(tmp_path), "xorexp")
     [result] = train([RunSpec(iterations=900, seed=5, lr=0.9)])
-    run_id = writing.start_run(store, result.spec)
-    writing.log_result(store, run_id, result)
+    run_id = run_logging.start_run(store, result.spec)
+    run_logging.log_result(store, run_id, result)
     with reading.downloaded(store, run_id, "model") as local:
         mlmodel = yaml.safe_load((local / "MLmodel").read_text())
         flavor = mlmodel["flavors"]["python_function"]

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.xorexp_vectorized_launcher import _core, _ray_backend
+from hydra_plugins.xorexp_vectorized_launcher import _job_runner, _ray_backend, _ray_tasks
 from hydra_plugins.xorexp_vectorized_launcher._compose import Planned
 from hydra_plugins.xorexp_vectorized_launcher._ray_backend import (
     RayBackendError,
@@ -117,7 +117,7 @@ def test_a_store_failure_in_one_task_keeps_what_the_tasks_ended_with_it(tmp_path
     """Two tasks end in the same wait, one stopped by a failing store: the other's jobs still get
     their files on this machine and their ends reported before the sweep stops."""
     monkeypatch.chdir(tmp_path)
-    jobs = [_core.Job(idx, [f"seed={idx}"], Planned([], RunSpec(seed=idx, iterations=10))) for idx in (0, 1)]
+    jobs = [_job_runner.Job(idx, [f"seed={idx}"], Planned([], RunSpec(seed=idx, iterations=10))) for idx in (0, 1)]
     job_dir = tmp_path / "multirun" / "1"
     ended_on_another_machine = [(1, "return of job 1", [("solved", False, None)], str(job_dir),
                                  {".hydra/overrides.yaml": b"- seed=1\n"})]
@@ -130,7 +130,7 @@ def test_a_store_failure_in_one_task_keeps_what_the_tasks_ended_with_it(tmp_path
     launcher = SimpleNamespace(hydra_context=None, task_function=None)
     reported = []
     with progress.feeding(lambda *event: reported.append(event)), pytest.raises(Abort) as stop:
-        _core._jobs_on_ray(executor, launcher, jobs, runner, chunk_size=1)
+        _ray_tasks._jobs_on_ray(executor, launcher, jobs, runner, chunk_size=1)
     assert (stop.value.message, stop.value.status) == ("tracking store failed: database is locked", 2)
     assert (job_dir / ".hydra" / "overrides.yaml").read_bytes() == b"- seed=1\n"
     assert reported == [("solved", False, None)]

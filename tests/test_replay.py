@@ -19,7 +19,6 @@ from mlflow import MlflowClient
 
 from tests.conftest import read_artifact_json, run_cli, runs_of, store_uri
 from xorexp import provenance, replay
-from xorexp.tracking import writing
 from xorexp.tracking.tags import PARAMS_ARTIFACT, TAG_GIT_COMMIT
 
 ITER = ["iterations=600", "lr=0.5"]
@@ -58,6 +57,7 @@ def single_run(tmp_path_factory) -> tuple[Path, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.floor
 def test_replay_of_a_single_run_is_identical(single_run):
     where, run_id = single_run
     proc = run_cli(where, run_id, module="xorexp.replay")
@@ -227,8 +227,8 @@ def test_numbers_do_not_depend_on_launcher_or_sweep(tmp_path):
 
 def test_environment_differences_name_each_tag():
     recorded = dict(provenance.environment_tags())
-    if writing.git_commit():
-        recorded[TAG_GIT_COMMIT] = writing.git_commit()
+    if provenance.git_commit():
+        recorded[TAG_GIT_COMMIT] = provenance.git_commit()
     assert replay.environment_differences(recorded) == []
     recorded |= {"xorexp.version.numpy": "1.0.0", provenance.TAG_PLATFORM: "Other-OS"}
     lines = replay.environment_differences(recorded)

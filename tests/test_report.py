@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from tests.conftest import run_cli, runs_of, store_uri
-from xorexp import report, summary
+from xorexp import report, summary, sweep_text
 from xorexp.params import config_hash, param_text, result_params, run_name, spec_from_params
 from xorexp.tracking.store import Store, open_store
 from xorexp.tracking.tags import TAG_EXPERIMENT_KIND
@@ -70,29 +70,29 @@ def _config(task: list[str], sweeper_params: dict | None = None, preset: str | N
 
 def test_sweep_params_fixed_and_swept():
     config = _config(["lr=0.01,0.1,1", "iterations=2000"], {"seed": "range(0,5)"}, iterations=2000)
-    assert report.sweep_params(config) == {
+    assert sweep_text.sweep_params(config) == {
         "hidden_units": "2", "lr": "choice(0.01,0.1,1)", "iterations": "2000", "seed": "range(0,5)",
         "trace_every": "100", "stop_loss": "null", "sweep": "grid",
     }  # fmt: skip
     tpe = _config([], {"lr": "tag(log, interval(0.001, 10))", "hidden_units": "range(1,9)"}, preset="tpe")
-    params = report.sweep_params(tpe)
+    params = sweep_text.sweep_params(tpe)
     assert params["lr"] == "tag(log, interval(0.001,10))" and params["hidden_units"] == "range(1,9)"
     assert params["sweep"] == "tpe"
     # a fixed value on the command line replaces the preset's sweep
-    assert report.sweep_params(_config(["seed=7"], {"seed": "range(0,5)"}, seed=7))["seed"] == "7"
+    assert sweep_text.sweep_params(_config(["seed=7"], {"seed": "range(0,5)"}, seed=7))["seed"] == "7"
 
 
 def test_ui_hint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     here = Store(resolve_uri(None, tmp_path), "3", None)
-    assert report.ui_hint(here, "abc") == [
+    assert sweep_text.ui_hint(here, "abc") == [
         "MLflow UI: python -m xorexp.ui",
         "then open http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning",
     ]
     other = Store("sqlite:////data/x.db", "3", None)
-    assert report.ui_hint(other, "abc")[0] == "MLflow UI: python -m xorexp.ui --tracking-uri sqlite:////data/x.db"
+    assert sweep_text.ui_hint(other, "abc")[0] == "MLflow UI: python -m xorexp.ui --tracking-uri sqlite:////data/x.db"
     server = Store("http://bob:secret@127.0.0.1:5000", "3", None)
-    [line] = report.ui_hint(server, "abc")
+    [line] = sweep_text.ui_hint(server, "abc")
     assert "secret" not in line
     assert line.endswith("127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
 
@@ -109,7 +109,7 @@ def test_sweep_description_table_links_best_runs():
         _record("a1", "1.0", 0, "solved", 0.01), _record("a2", "1.0", 1, "stuck", 0.4),
         _record("b1", "0.1", 0, "stuck", 0.5), _record("b2", "0.1", 1, "diverged", None),
     ])  # fmt: skip
-    text = report.sweep_description("7", groups)
+    text = sweep_text.sweep_description("7", groups)
     lines = text.splitlines()
     assert lines[0].startswith("**Best run:** [a1](#/experiments/7/runs/a1?workflowType=machine_learning)")
     header = [c.strip() for c in lines[2].strip("|").split("|")]
@@ -142,6 +142,7 @@ def _listing(directory: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.floor
 def test_children_params_as_typed_and_hash_kept(swept):
     root, parent, children = swept
     assert sorted(c.data.params["lr"] for c in children) == ["0.1", "0.1", "1", "1"]
@@ -182,6 +183,7 @@ def test_experiment_kind_and_parent_description(swept, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.floor
 def test_report_list_and_latest(swept, monkeypatch, capsys):
     root, parent, children = swept
     proc = run_cli(root, "--list", module="xorexp.report")

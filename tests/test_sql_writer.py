@@ -18,9 +18,7 @@ def log_one(uri: str, result, *, with_params: bool, experiment: str = "rows") ->
     run_id = writing.start_run(
         store, result.spec, tags={"xorexp.overrides": "lr=0.5"}, with_params=with_params
     )
-    writing.log_result(
-        store, run_id, result, files={"config.yaml": "lr: 0.5\n"}, params_logged=with_params, model=False
-    )
+    writing.log_result(store, run_id, result, files={"config.yaml": "lr: 0.5\n"}, params_logged=with_params)
     return run_id
 
 
@@ -76,6 +74,7 @@ def result():
 
 
 @pytest.mark.parametrize("with_params", [True, False])
+@pytest.mark.floor
 def test_a_run_has_the_rows_mlflow_writes(tmp_path, monkeypatch, result, with_params):
     (tmp_path / "fast").mkdir(), (tmp_path / "mlflow").mkdir()
     reference = compare_with_mlflow(

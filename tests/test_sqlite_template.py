@@ -60,7 +60,7 @@ def test_the_first_store_keeps_a_template_that_the_next_ones_start_from(tmp_path
     assert rows(second / "mlflow.db", "PRAGMA journal_mode") == [("wal",)]
     [result] = train([RunSpec(iterations=200)])
     run_id = writing.start_run(store, result.spec)
-    writing.log_result(store, run_id, result, model=False)
+    writing.log_result(store, run_id, result)
     assert store.client.get_run(run_id).info.status == "FINISHED"
 
 

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from tests.conftest import ROOT, free_port, run_cli, runs_of, store_uri
-from xorexp.tracking import writing
+from xorexp.tracking import artifacts, writing
 from xorexp.tracking.store import _safe_name, open_store
 from xorexp.tracking.tags import TAG_HOST, TAG_PID
 from xorexp.tracking.uri import StoreError, describe_store_error, redact
@@ -213,6 +213,22 @@ def test_an_unusable_embedded_store_is_refused_in_one_line(case, mode, template,
     assert (db.read_bytes() if db.exists() else None) == before  # untouched, or still absent
     assert not (db.parent / "mlartifacts").exists() or case == "full disk"
     assert not list(db.parent.glob(".mlflow.db.*")) and not list(db.parent.glob(".xorexp-probe-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [SINGLE, SWEEP], ids=["single", "sweep"])
+def test_too_little_room_for_a_new_store_is_one_line_and_nothing_made(mode, mounts, tmp_path):
+    """1 MB free where a new store needs ~1 MB (its schema) and room for runs: refused before MLflow's
+    engine creation, which would retry for ~100 s with a warning a try."""
+    where = tmp_path / "small"
+    mount_tmpfs(where, "size=2m")
+    mounts.append(where)
+    (where / "pad").write_bytes(b"\0" * 1_000_000)
+    proc = run_cli(where, *mode)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "kB free in" in lines[0] and "a new store needs" in lines[0], proc.stderr
+    assert sorted(p.name for p in where.iterdir()) == ["pad"]  # no store, no outputs/ or multirun/
 
 
 @pytest.mark.slow
@@ -409,7 +425,7 @@ def test_a_moved_store_warns_that_artifacts_go_to_the_old_place(tmp_path, caplog
     old = tmp_path / "old"
     store = open_store(store_uri(old), "xorexp")
     run_id = store.client.create_run(store.experiment_id).info.run_id
-    writing.log_files(store, run_id, files={"note.txt": "x"})
+    artifacts.log_files(store, run_id, files={"note.txt": "x"})
     old.rename(tmp_path / "new")
     with caplog.at_level(logging.WARNING, logger="xorexp.tracking"):
         open_store(store_uri(tmp_path / "new"), "xorexp")
@@ -425,7 +441,7 @@ def test_describe_store_error_on_a_real_full_disk(mounts, tmp_path):
     run_id = store.client.create_run(store.experiment_id).info.run_id
     fill(tmp_path / "full")
     with pytest.raises(Exception) as raised:
-        writing.log_files(store, run_id, files={"big.txt": "x" * 1_000_000})
+        artifacts.log_files(store, run_id, files={"big.txt": "x" * 1_000_000})
     line = describe_store_error(raised.value)
     assert line is not None and uri in line and "no space left" in line and "\n" not in line
     with pytest.raises(Exception) as raised:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
-from xorexp import summary, sweep_plots
+from xorexp import summary, sweep_figure_data, sweep_plots, sweep_records
 from xorexp.plot_style import OUTCOME_COLORS
 from xorexp.summary import RunRecord
 from xorexp.tracking.tags import TAG_OUTCOME
@@ -125,28 +125,27 @@ def test_record_from_mlflow_run_by_duck_typing():
     run = run_like(
         params={**params, "other": "x"},
         metrics={"final_loss": 0.25, "solved_at": 5.0, "loss": 0.25, "accuracy": 1.0},
-        tags={summary.TAG_OUTCOME: "solved"},
+        tags={TAG_OUTCOME: "solved"},
     )
-    record = summary.record_from_mlflow_run(run)
+    record = sweep_records.record_from_mlflow_run(run)
     assert record == RunRecord("r1", params, "solved", "FINISHED", 0.25, 5.0)
     assert record.has_result
 
-    failed = summary.record_from_mlflow_run(run_like("FAILED", params=params))
+    failed = sweep_records.record_from_mlflow_run(run_like("FAILED", params=params))
     assert (failed.outcome, failed.final_loss, failed.solved_at, failed.reused) == (None, None, None, False)
     assert not failed.has_result
 
-    odd = summary.record_from_mlflow_run(
-        run_like(tags={summary.TAG_OUTCOME: "exploded"}, metrics={"final_loss": float("nan")})
+    odd = sweep_records.record_from_mlflow_run(
+        run_like(tags={TAG_OUTCOME: "exploded"}, metrics={"final_loss": float("nan")})
     )
     assert odd.outcome is None and odd.final_loss is None and odd.params == {}
-    tagged = summary.record_from_mlflow_run(run_like("FAILED", tags={summary.TAG_OUTCOME: "stuck"}))
+    tagged = sweep_records.record_from_mlflow_run(run_like("FAILED", tags={TAG_OUTCOME: "stuck"}))
     assert not tagged.has_result
 
 
 def test_record_from_a_real_mlflow_run_entity():
     from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
-    assert summary.TAG_OUTCOME == TAG_OUTCOME  # summary reads the tag tracking writes
     info = RunInfo(
         run_id="abc",
         experiment_id="0",
@@ -161,13 +160,13 @@ def test_record_from_a_real_mlflow_run_entity():
         params=[Param("hidden_units", "3"), Param("seed", "7")],
         tags=[RunTag(TAG_OUTCOME, "stuck")],
     )
-    record = summary.record_from_mlflow_run(Run(info, data))
+    record = sweep_records.record_from_mlflow_run(Run(info, data))
     assert record == RunRecord("abc", {"hidden_units": "3", "seed": "7"}, "stuck", "FINISHED", 0.125, None)
 
 
 def test_summary_module_imports_no_mlflow_hydra_or_matplotlib():
     code = (
-        "import sys, xorexp.summary\n"
+        "import sys, xorexp.summary, xorexp.sweep_figure_data\n"
         "bad = [m for m in ('mlflow', 'hydra', 'omegaconf', 'matplotlib', 'pandas') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -233,13 +232,13 @@ def test_trace_band_uses_the_runs_present_at_each_step():
         (np.array([0, 10]), np.array([np.nan, np.inf])),  # non-finite values are absent
         (np.array([]), np.array([])),
     ]
-    steps, median, low, high, count = summary.trace_band(traces)
+    steps, median, low, high, count = sweep_figure_data.trace_band(traces)
     np.testing.assert_array_equal(steps, [0, 10, 20])
     np.testing.assert_array_equal(count, [3, 2, 1])
     np.testing.assert_allclose(median, [3.0, 3.0, 3.0])
     np.testing.assert_allclose(low, [2.0, 2.5, 3.0])
     np.testing.assert_allclose(high, [5.5, 3.5, 3.0])
-    assert all(len(a) == 0 for a in summary.trace_band([]))
+    assert all(len(a) == 0 for a in sweep_figure_data.trace_band([]))
 
 
 def test_wilson_interval_against_hand_computed_values():
@@ -453,14 +452,14 @@ def test_figures_need_the_traces_of_every_run():
 
 def test_figure_values_are_ordered_by_number_not_text():
     groups, records, curves = sweep([10, 2, 1], ["1", "0.01", "0.1"], 2)
-    gruns = summary.figure_groups(groups, records, curves)
-    assert summary.values_in_order(gruns, "lr") == [("0.01", 0.01), ("0.1", 0.1), ("1", 1.0)]
-    assert summary.values_in_order(gruns, "hidden_units") == [("1", 1), ("2", 2), ("10", 10)]
-    assert summary.values_in_order(gruns, None) == [(summary.ALL_RUNS, None)]
+    gruns = sweep_figure_data.figure_groups(groups, records, curves)
+    assert sweep_figure_data.values_in_order(gruns, "lr") == [("0.01", 0.01), ("0.1", 0.1), ("1", 1.0)]
+    assert sweep_figure_data.values_in_order(gruns, "hidden_units") == [("1", 1), ("2", 2), ("10", 10)]
+    assert sweep_figure_data.values_in_order(gruns, None) == [(sweep_figure_data.ALL_RUNS, None)]
     # a value without a number ("null") comes after every number
     nulls = [rec("a", stop_loss="0.5"), rec("b", stop_loss="null"), rec("c", stop_loss="0.05")]
     grouped = summary.summarize(nulls)
-    shown = summary.values_in_order(summary.figure_groups(grouped, nulls), "stop_loss")
+    shown = sweep_figure_data.values_in_order(sweep_figure_data.figure_groups(grouped, nulls), "stop_loss")
     assert shown == [("0.05", 0.05), ("0.5", 0.5), ("null", None)]
 
 
@@ -468,23 +467,23 @@ def test_pooled_success_and_runs_per_value_pool_the_other_values():
     _, records, _ = sweep([2, 3], ["0.1", "1"], 4, solved_per_group=lambda h, lr: h - 1 + (lr == "1"))
     failed = rec("f", h=2, lr="0.1", seed=9, outcome=None, loss=None, status="FAILED")
     groups = summary.summarize([*records, failed])
-    gruns = summary.figure_groups(groups, records, None)
+    gruns = sweep_figure_data.figure_groups(groups, records, None)
     # solved per (h, lr): (2, 0.1) 1, (2, 1) 2, (3, 0.1) 2, (3, 1) 3, each of 4 seeds
-    assert summary.pooled_success(gruns, "lr", "hidden_units") == {
+    assert sweep_figure_data.pooled_success(gruns, "lr", "hidden_units") == {
         ("0.1", "2"): (1, 4), ("1", "2"): (2, 4), ("0.1", "3"): (2, 4), ("1", "3"): (3, 4)
     }
-    assert summary.pooled_success(gruns, "lr", None) == {("0.1", ""): (3, 8), ("1", ""): (5, 8)}
-    assert summary.pooled_success(gruns, None, None) == {(summary.ALL_RUNS, ""): (8, 16)}
-    assert summary.runs_per_value(gruns, "hidden_units") == {"2": 8, "3": 8}
-    assert summary.runs_per_value(gruns, None) == {summary.ALL_RUNS: 16}
-    assert summary.outcome_totals(gruns) == {"solved": 8, "stuck": 8, "diverged": 0, "failed": 1}
-    assert summary.outcome_totals([]) == {"solved": 0, "stuck": 0, "diverged": 0, "failed": 0}
+    assert sweep_figure_data.pooled_success(gruns, "lr", None) == {("0.1", ""): (3, 8), ("1", ""): (5, 8)}
+    assert sweep_figure_data.pooled_success(gruns, None, None) == {(sweep_figure_data.ALL_RUNS, ""): (8, 16)}
+    assert sweep_figure_data.runs_per_value(gruns, "hidden_units") == {"2": 8, "3": 8}
+    assert sweep_figure_data.runs_per_value(gruns, None) == {sweep_figure_data.ALL_RUNS: 16}
+    assert sweep_figure_data.outcome_totals(gruns) == {"solved": 8, "stuck": 8, "diverged": 0, "failed": 1}
+    assert sweep_figure_data.outcome_totals([]) == {"solved": 0, "stuck": 0, "diverged": 0, "failed": 0}
 
 
 def test_success_grid_puts_rates_in_ascending_rows_and_columns():
     cells = {(3, 1.0): (4, 4), (2, 0.1): (1, 4), (3, 0.1): (0, 0), (2, 10.0): (2, 5)}
-    rows, cols, rate = summary.success_grid(cells)
+    rows, cols, rate = sweep_figure_data.success_grid(cells)
     assert rows == [2, 3] and cols == [0.1, 1.0, 10.0]
     np.testing.assert_array_equal(rate, [[0.25, np.nan, 0.4], [np.nan, 1.0, np.nan]])
-    rows, cols, rate = summary.success_grid({})
+    rows, cols, rate = sweep_figure_data.success_grid({})
     assert rows == [] and cols == [] and rate.shape == (0, 0)

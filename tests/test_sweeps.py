@@ -224,6 +224,7 @@ def test_progress_shows_on_a_terminal_only(tmp_path):
     # not on a terminal: no progress line (test_grid_sweep_has_one_parent_and_a_summary_matching_its_children)
 
 
+@pytest.mark.floor
 def test_one_progress_line_for_a_sweep_on_workers(tmp_path):
     status, text = on_a_terminal(tmp_path, "-m", "seed=range(0,24)", "iterations=200",
                                  f"hydra.sweep.dir={tmp_path}/multirun", stdout_too=True)

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from tests.conftest import free_port, run_cli, runs_of, store_uri
 from tests.mlflow_server import Proxy, start_server, stop_server
 from tests.test_faults import error_lines, spawn
+from xorexp import provenance, run_logging
 from xorexp.params import config_hash, spec_from_params
 from xorexp.tracking import writing
 from xorexp.train import RunSpec, train
@@ -136,8 +137,8 @@ def test_sweep_against_the_server_follows_the_tracking_contract(server, client, 
         assert tags["xorexp.outcome"] == expected.outcome
         assert tags["xorexp.config_hash"] == config_hash(spec)
         assert f"seed={spec.seed}" in tags["xorexp.overrides"] and "lr=" in tags["xorexp.overrides"]
-        if writing.git_commit():
-            assert tags["mlflow.source.git.commit"] == writing.git_commit()
+        if provenance.git_commit():
+            assert tags["mlflow.source.git.commit"] == provenance.git_commit()
         metrics = child.data.metrics
         assert metrics["final_loss"] == expected.final_loss and metrics["accuracy"] == expected.accuracy
         assert metrics["steps"] == expected.steps
@@ -446,9 +447,9 @@ def test_a_resumed_run_whose_values_landed_keeps_one_loss_history(server, client
 
     store = open_store(server.uri, "resumed")
     [result] = train([RunSpec(iterations=500, seed=3)])
-    run_id = writing.start_run(store, result.spec)
+    run_id = run_logging.start_run(store, result.spec)
     store.client.log_batch(run_id, metrics=writing.run_metrics(result, 1))  # the first attempt's values
-    writing.log_result(store, run_id, result, model=False, resumed=True)
+    run_logging.log_result(store, run_id, result, model=False, resumed=True)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["xorexp.outcome"] == result.outcome

@@ -75,6 +75,7 @@ def test_yaml_texts_kept_per_value_are_what_a_dump_writes(path):
     assert _hydra_job.list_yaml(lines) == OmegaConf.to_yaml(OmegaConf.create(lines))
 
 
+@pytest.mark.floor
 def test_a_yaml_template_writes_what_omegaconf_writes():
     """A config's YAML from its template, with other values in its slots (a typed int, a typed
     list, untyped keys, nested keys), is ``OmegaConf.to_yaml``'s text, byte for byte."""

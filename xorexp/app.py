@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from xorexp import sweep
+from xorexp import compat, sweep
 from xorexp.config import register, to_run_spec
 from xorexp.errors import BAD_INPUT, FAILED, Abort, ConfigError, Interrupted, fail, say, unwrapped
 from xorexp.job import handed, run_tracked
@@ -103,6 +103,9 @@ def outcome(error: BaseException) -> tuple[int, str]:
         return interrupt.status, f"interrupted ({interrupt.name})"
     if isinstance(error, ConfigError):
         return BAD_INPUT, str(error)
+    unsupported = compat.unsupported(error)  # a dependency outside the declared range
+    if unsupported is not None:
+        return FAILED, unsupported
     if isinstance(error, HydraException | OmegaConfBaseException):  # bad overrides, unknown keys, ...
         return BAD_INPUT, _one_line(str(error)) or type(error).__name__
     where = _traceback_file(error)

@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import math
-import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,17 +26,18 @@ from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from xorexp import parent_run, progress
-from xorexp.chunks import render_run_plots
+from xorexp import parent_run, progress, run_logging
 from xorexp.errors import Abort, fail
+from xorexp.job_context import JobContext, job_tags, track_args
 from xorexp.params import run_name
 from xorexp.progress import IterationProgress
 from xorexp.tracking import reading, writing
-from xorexp.tracking.store import Store, open_store
-from xorexp.tracking.tags import TAG_JOB, TAG_OUTCOME, TAG_OVERRIDES, TAG_TRIAL
-from xorexp.tracking.uri import StoreError, describe_store_error, redact, resolve_uri, store_kind
+from xorexp.tracking.opened_store import Store
+from xorexp.tracking.store import open_store
+from xorexp.tracking.tags import TAG_OUTCOME
+from xorexp.tracking.uri import StoreError, describe_store_error, resolve_uri, store_kind
 from xorexp.train import RunResult, RunSpec, train
 
 if TYPE_CHECKING:
@@ -110,37 +110,8 @@ def store_for(uri: str | None, experiment: str, launch_dir: str) -> Store:
 
 
 def job_store(cfg: DictConfig) -> Store:
+    """The current job's store (``store_for`` its config and the directory it was launched from)."""
     return store_for(cfg.tracking.uri, cfg.tracking.experiment, HydraConfig.get().runtime.cwd)
-
-
-def job_tags(cfg: DictConfig) -> dict[str, str]:
-    hc = HydraConfig.get()
-    tags = {TAG_OVERRIDES: redact(" ".join(hc.overrides.task))}
-    if hc.mode == RunMode.MULTIRUN:
-        tags[TAG_JOB] = str(hc.job.num)
-    if cfg.tracking.trial is not None:
-        tags[TAG_TRIAL] = str(cfg.tracking.trial)
-    return tags
-
-
-def track_args(
-    result: RunResult, cfg: DictConfig, pngs: dict[str, bytes] | None = None, params_logged: bool = True
-) -> dict:
-    """``writing.log_result``'s arguments for one result of the current job: its config, Hydra files
-    and plots (rendered now unless given)."""
-    hc = HydraConfig.get()
-    if pngs is None:
-        pngs = render_run_plots(result, run_name(result.spec))
-    dirs = {}
-    if hc.output_subdir:
-        dirs[".hydra"] = Path(hc.runtime.output_dir) / hc.output_subdir
-    return {
-        "blobs": pngs,
-        "files": {"config.yaml": resolved_yaml(cfg, dirs.get(".hydra"))},
-        "dirs": dirs,
-        "params_logged": params_logged,
-        "model": hc.mode != RunMode.MULTIRUN,  # a sweep's best run gets its model at the sweep's end
-    }
 
 
 def track(
@@ -154,69 +125,8 @@ def track(
 ) -> None:
     """Log one result with its job's config, Hydra files and plots into the started run (``resumed``:
     a run an earlier attempt of the job started, see ``writing.log_result``)."""
-    writing.log_result(store, run_id, result, resumed=resumed, **track_args(result, cfg, pngs, params_logged))
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What ending a job needs of its Hydra context, taken while it is the current job: a run left to
-    the background ends while later jobs run. With ``log_files``, the job's log lines are appended to
-    its log files by path (the process's handlers point at the current job's files by then)."""
-
-    label: str  # the job in the user's one line
-    log_file: Path  # the job's log file, named in that line
-    multirun: bool
-    log_files: tuple[tuple[str, logging.Formatter, int], ...] | None = None
-
-    @classmethod
-    def current(cls, detached: bool = False) -> JobContext:
-        hc = HydraConfig.get()
-        files = None
-        if detached:  # the files this module's records go to now: (path, format, level) of each
-            files, logger = [], log
-            while logger is not None:
-                files += [
-                    (h.baseFilename, h.formatter or logging.Formatter(), h.level)
-                    for h in logger.handlers
-                    if isinstance(h, logging.FileHandler)
-                ]
-                logger = logger.parent if logger.propagate else None
-            files = tuple(files)
-        return cls(
-            label=_job_label(hc),
-            log_file=Path(hc.runtime.output_dir) / f"{hc.job.name}.log",
-            multirun=hc.mode == RunMode.MULTIRUN,
-            log_files=files,
-        )
-
-    def info(self, message: str, *args: object, exc_info: bool = False) -> None:
-        if self.log_files is None:
-            log.info(message, *args, exc_info=exc_info)
-            return
-        if not log.isEnabledFor(logging.INFO):
-            return
-        record = log.makeRecord(
-            log.name, logging.INFO, __file__, 0, message, args, sys.exc_info() if exc_info else None
-        )
-        for path, formatter, level in self.log_files:
-            if logging.INFO >= level:
-                with open(path, "a", encoding="utf-8") as out:
-                    out.write(formatter.format(record) + "\n")
-
-
-def resolved_yaml(cfg: DictConfig, hydra_dir: Path | None) -> str:
-    """The job's config as YAML, resolved. Hydra's job runners (each launcher's, the single run's)
-    dump the very config the task gets, unresolved, to ``.hydra/config.yaml`` at the job's start:
-    with no interpolation in it, that text is the resolved one already (spares a second dump of
-    the config, a few ms a job)."""
-    if hydra_dir is not None:
-        try:
-            text = (hydra_dir / "config.yaml").read_text(encoding="utf-8")
-        except OSError:
-            text = None
-        if text is not None and "${" not in text:
-            return text
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    args = track_args(result, cfg, pngs, params_logged)
+    run_logging.log_result(store, run_id, result, resumed=resumed, **args)
 
 
 class JobRecord:
@@ -251,13 +161,6 @@ def reuse_finished(store: Store, spec: RunSpec, record: JobRecord) -> float | No
     log.info("%s: reused FINISHED run %s (tracking.skip_finished)", run_name(spec), found)
     progress.job_ended(run.data.tags.get(TAG_OUTCOME), failed=False)
     return run.data.metrics.get("final_loss", math.inf)
-
-
-def _job_label(hc) -> str:
-    overrides = redact(" ".join(hc.overrides.task))
-    if hc.mode == RunMode.MULTIRUN:
-        return f"job #{hc.job.num} ({overrides})"
-    return f"the run ({overrides})" if overrides else "the run"
 
 
 def _store_abort(store: Store, error: BaseException) -> Abort | None:
@@ -371,17 +274,17 @@ def _run_in_background(
         if background.stop_status is not None:  # the launcher is stopping: no more of this run
             _end_quietly(store, run_id, background.stop_status, record)
             return math.nan
-        writing.log_result(store, run_id, result, **args)
+        run_logging.log_result(store, run_id, result, **args)
     except Exception as error:
         return _failed(store, result.spec, record, run_id, parent_id, error, job, tags)
     return _finished(record, run_id, result, job)
 
 
 def _start_run(record: JobRecord, store: Store, spec: RunSpec, **kwargs) -> str:
-    """The job's run created (``writing.start_run``), its record saying ``STARTING`` just before:
+    """The job's run created (``run_logging.start_run``), its record saying ``STARTING`` just before:
     an attempt that dies in between leaves its successor a record to look the run up by."""
     record.write(status=STARTING)
-    return writing.start_run(store, spec, **kwargs)
+    return run_logging.start_run(store, spec, **kwargs)
 
 
 def _ended_unrecorded(record: JobRecord, run, job: JobContext) -> float:

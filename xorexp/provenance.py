@@ -1,7 +1,7 @@
 """Where a run's numbers came from, beyond its config: code, versions, machine, command.
 
 Computed once per process (``functools.cache``): logging a run only copies a dict. Nothing here
-imports MLflow; ``tracking`` turns this into tags and artifacts.
+imports MLflow; ``run_logging`` turns this into a run's tags and artifacts.
 
 Anything that can change a run's bits and is not in its config is recorded: the commit and the
 uncommitted changes of the checkout the code ran from, the versions of Python and the libraries,
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from xorexp.tracking.uri import redact
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -88,6 +90,12 @@ def checkout() -> Checkout | None:
     return Checkout(commit.strip(), True, diff)
 
 
+def git_commit() -> str | None:
+    """Commit of the checkout xorexp runs from, or None outside a git checkout."""
+    state = checkout()
+    return state.commit if state else None
+
+
 def _version(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)
@@ -146,7 +154,7 @@ def numpy_build() -> dict[str, str]:
 
 @functools.cache
 def environment_tags() -> dict[str, str]:
-    """Tags of everything outside the config that shapes a run (no git commit: ``tracking`` has it)."""
+    """Tags of everything outside the config that shapes a run (the commit apart: ``git_commit``)."""
     tags = {
         f"{VERSION_PREFIX}python": platform.python_version(),
         **{f"{VERSION_PREFIX}{name}": _version(name) for name in DISTRIBUTIONS},
@@ -172,8 +180,6 @@ def process_command() -> str:
 
 def tags() -> dict[str, str]:
     """Provenance tags of a run."""
-    from xorexp.tracking.uri import redact  # imported by now: tracking imports this module
-
     return {**environment_tags(), TAG_COMMAND: redact(process_command())}
 
 

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from xorexp import provenance
+from xorexp import provenance, run_logging
 from xorexp.params import RESULT_KEYS, result_params, run_name, spec_from_params
 from xorexp.pyfunc import PARAM_NAMES, load_params
 from xorexp.tracking import reading, writing
-from xorexp.tracking.store import Store, find_run, open_store
+from xorexp.tracking.opened_store import Store
+from xorexp.tracking.store import find_run, open_store
 from xorexp.tracking.tags import (
     CONFIG_ARTIFACT,
     PARAMS_ARTIFACT,
@@ -38,6 +39,7 @@ from xorexp.tracking.tags import (
     ROLE_SWEEP,
     TAG_GIT_COMMIT,
     TAG_OUTCOME,
+    TAG_REPLAY_OF,
     TAG_ROLE,
 )
 from xorexp.tracking.uri import StoreError, describe_store_error, redact, resolve_uri
@@ -139,7 +141,7 @@ def environment_differences(recorded_tags: dict[str, str]) -> list[str]:
     """One line per recorded environment tag (and commit) that differs from this process's."""
     now = dict(provenance.environment_tags())
     keys = list(provenance.ENVIRONMENT_KEYS)
-    commit = writing.git_commit()
+    commit = provenance.git_commit()
     if commit:
         now[TAG_GIT_COMMIT] = commit
     keys.append(TAG_GIT_COMMIT)
@@ -215,20 +217,31 @@ def compare(store: Store, run, result: RunResult) -> list[Comparison]:
 
 
 def log_replay(store: Store, run, result: RunResult) -> str:
-    """The replay as a new run of the store, tagged ``xorexp.replay_of``."""
+    """The replay as a new run of the store with the contract of any run (its model included; no
+    Hydra files: it did not go through Hydra), tagged ``xorexp.replay_of``; returns its id."""
     from xorexp.chunks import render_run_plots
 
     config = reading.read_text_artifact(store, run.info.run_id, CONFIG_ARTIFACT)
-    return writing.log_replay(
-        store,
-        result,
-        replay_of=run.info.run_id,
-        blobs=render_run_plots(result, run_name(result.spec)),
-        files={CONFIG_ARTIFACT: config} if config is not None else None,
-    )
+    replay_of = {TAG_REPLAY_OF: run.info.run_id}
+    run_id = run_logging.start_run(store, result.spec, tags=replay_of, with_params=False)
+    try:
+        run_logging.log_result(
+            store,
+            run_id,
+            result,
+            blobs=render_run_plots(result, run_name(result.spec)),
+            files={CONFIG_ARTIFACT: config} if config is not None else None,
+            params_logged=False,
+            model=True,
+        )
+    except Exception:
+        writing.finish_run(store, run_id, "FAILED")
+        raise
+    return run_id
 
 
 def replay(run_id: str, uri: str, experiment: str | None = None, log_run: bool = False) -> int:
+    """Replay the run and print the comparison; 0 when identical, 1 when not (BadInput: bad input)."""
     store, run = open_run(uri, run_id, experiment, log_run)
     try:
         spec = spec_from_params(run.data.params)

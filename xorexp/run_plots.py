@@ -2,8 +2,8 @@
 
 ``RunPlotter`` keeps one Figure per plot type and redraws only the data artists of each run over a
 cached background, paints the decision surface into the canvas itself, draws titles from cached
-glyph bitmaps (``_GlyphCache``) and encodes the PNG here (``_png``): fast enough to log every run of
-a large sweep (see ``benchmarks/bench_plots.py``), with the very pixels of the Figure drawn whole by
+glyph bitmaps (``GlyphCache``) and encodes the PNG itself (``xorexp.png``): fast enough to log every
+run of a large sweep (see ``benchmarks/bench_plots.py``), with the very pixels of the Figure drawn whole by
 matplotlib. Sizes are in pixels (at ``plot_style.DPI``), shown 1:1 by the MLflow UI's artifact viewer.
 """
 
@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-import struct
 import threading
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import contourpy
 import matplotlib
 import numpy as np
-from isal import isal_zlib
-from matplotlib import colors as mcolors
-from matplotlib.backends.backend_agg import FigureCanvasAgg, get_hinting_flag
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -30,7 +25,8 @@ from matplotlib.path import Path
 from matplotlib.text import Text
 from matplotlib.ticker import EngFormatter
 
-from xorexp import nn
+from xorexp import mechanisms, nn, png
+from xorexp.compat.matplotlib import GlyphCache
 from xorexp.data import X, Y
 from xorexp.plot_style import OUTCOME_COLORS, new_figure, plain_log
 
@@ -39,11 +35,8 @@ RUN_BOUNDARY_PX = (640, 480)
 
 _GRID = 100  # cells per side of the decision-boundary image, values at cell centres
 _LOW, _HIGH = -0.25, 1.25  # the input square shown by the decision boundary
-_PNG_LEVEL = 1  # ISA-L's deflate level (0-3): ~10x zlib's level 1 speed here, files ~2 % larger
 SURFACE_BUDGET = 1 << 20  # most array elements (8 MB of floats) per slice of the surface computation
 _MAX_BACKGROUNDS = 64  # learning-curve backgrounds kept per process, one per set of axis limits
-_MAX_LAYOUTS = 4  # title layouts kept per RunPlotter: the latest run's, for its second plot
-_MAX_GLYPHS = 20_000  # glyph bitmaps kept per RunPlotter (~0.1-0.3 kB each): characters x 64 offsets
 
 
 def run_title(name: str, outcome: str, final_loss: float) -> str:
@@ -274,106 +267,7 @@ class _DecisionBoundary:
         return [self.contour, *self.points, *self.ax.spines.values(), self.title]
 
 
-class _GlyphCache:
-    """Draws a one-line title as matplotlib's Agg renderer does, glyph by glyph, keeping each
-    glyph's bitmap: FreeType rasterises a glyph the same at every position with the same 1/64-pixel
-    fraction, so a bitmap is reused, shifted by whole pixels, wherever that glyph lands on that
-    fraction again. Matplotlib renders every glyph of every title afresh (~2.5 ms of a ~40-character
-    title); with the cache a title costs its layout and one blend per glyph (~0.7 ms), and the
-    layout (glyphs and their offsets from the anchor) is kept for the run's other plot.
-
-    Only for a plain title (one line, no mathtext, left/baseline, not rotated, no clip, no path
-    effects, no box) with matplotlib's per-glyph Agg text drawing (matplotlib >= 3.11); any other
-    text, or another matplotlib, is drawn by the artist itself. Same pixels either way (tested).
-    """
-
-    def __init__(self) -> None:
-        self._bitmaps: dict[tuple[Any, ...], tuple[np.ndarray, int, int]] = {}
-        self._layouts: dict[tuple[Any, ...], Any] = {}  # the last titles' glyph positions
-
-    @staticmethod
-    def usable(renderer: Any, text: Text) -> bool:
-        string = text.get_text()
-        return (
-            hasattr(renderer, "_prepare_font")
-            and hasattr(getattr(renderer, "_renderer", None), "draw_text_image")
-            and string != ""
-            and "\n" not in string
-            and "$" not in string
-            and text.get_rotation() == 0
-            and text.get_horizontalalignment() == "left"
-            and text.get_verticalalignment() == "baseline"
-            and not text.get_usetex()
-            and not text.get_path_effects()
-            and text.get_bbox_patch() is None
-            and not (text.get_clip_on() and (text.get_clip_box() or text.get_clip_path()))
-        )
-
-    def draw(self, figure: Figure, text: Text) -> None:
-        """Draw ``text`` on ``figure``'s canvas (as ``figure.draw_artist(text)`` would)."""
-        renderer = figure.canvas.get_renderer()
-        font = renderer._prepare_font(text.get_fontproperties()) if self.usable(renderer, text) else None
-        if font is None or not hasattr(font, "_layout") or not hasattr(font, "_render_glyph"):
-            figure.draw_artist(text)
-            return
-        if not text.get_visible():
-            return
-        # a left/baseline line is drawn at its anchor whatever it says (Text._get_layout's offsets cancel)
-        x, y = text.get_transform().transform(text.get_unitless_position())
-        y = renderer.height - y  # Text.draw hands the renderer y downwards
-        gc = renderer.new_gc()
-        gc.set_foreground(mcolors.to_rgba(text.get_color()), isRGBA=True)
-        gc.set_alpha(text.get_alpha())
-        gc.set_antialiased(text.get_antialiased())
-        gc.set_snap(text.get_snap())
-        flags = get_hinting_flag()
-        size = text.get_fontproperties().get_size_in_points()
-        # both plots of a run carry the same title: its layout (~0.6 ms) is reused for the second
-        layout_key = (font, size, renderer.dpi, flags, text.get_text(), text.get_fontfeatures(),
-                      text.get_language())
-        items = self._layouts.get(layout_key)
-        if items is None:
-            items = font._layout(text.get_text(), flags=flags, features=text.get_fontfeatures(),
-                                 language=text.get_language())
-            if len(self._layouts) >= _MAX_LAYOUTS:
-                self._layouts.pop(next(iter(self._layouts)))
-            self._layouts[layout_key] = items
-        antialiased = gc.get_antialiased()
-        if len(self._bitmaps) > _MAX_GLYPHS:
-            self._bitmaps.clear()
-        for item in items:
-            # the glyph's origin in FreeType's 1/64 pixels, y upwards (RendererAgg's rounding)
-            ox = round(0x40 * (x + item.x))
-            oy = round(0x40 * (renderer.height - y + item.y))
-            key = (item.ft_object, size, renderer.dpi, item.glyph_index, ox & 63, oy & 63, antialiased, flags)
-            cached = self._bitmaps.get(key)
-            if cached is None:
-                cached = self._render(item, size, renderer.dpi, ox, oy, flags, antialiased)
-                self._bitmaps[key] = cached
-            buffer, left, top = cached
-            bottom = int(renderer.height) - (top + (oy >> 6)) + buffer.shape[0]  # y downwards
-            renderer._renderer.draw_text_image(buffer, left + (ox >> 6), bottom, 0, gc)
-        gc.restore()
-
-    @staticmethod
-    def _render(
-        item: Any, size: float, dpi: float, ox: int, oy: int, flags: Any, antialiased: bool
-    ) -> tuple[np.ndarray, int, int]:
-        """The glyph's bitmap at origin (ox, oy), and its left/top relative to the origin's whole pixels."""
-        from matplotlib.ft2font import RenderMode
-
-        font = item.ft_object
-        font.set_size(size, dpi)
-        font._set_transform(np.array([[0x10000, 0], [0, 0x10000]]), [ox, oy])
-        bitmap = font._render_glyph(item.glyph_index, flags,
-                                    RenderMode.NORMAL if antialiased else RenderMode.MONO)
-        buffer = np.array(bitmap.buffer)  # own copy: the cache keeps it
-        if not antialiased:
-            buffer *= 0xFF
-        return buffer, bitmap.left - (ox >> 6), bitmap.top - (oy >> 6)
-
-
-def _draw_artists(figure: Figure, artists: Sequence[Any], glyphs: _GlyphCache) -> None:
+def _draw_artists(figure: Figure, artists: Sequence[Any], glyphs: GlyphCache) -> None:
     """Draw ``artists`` over the canvas in order, titles through ``glyphs``."""
     for artist in artists:
         if isinstance(artist, Text):
@@ -382,44 +276,11 @@ def _draw_artists(figure: Figure, artists: Sequence[Any], glyphs: _GlyphCache) -
             figure.draw_artist(artist)
 
 
-def _blit_png(figure: Figure, background: Any, artists: Sequence[Any], glyphs: _GlyphCache) -> bytes:
+def _blit_png(figure: Figure, background: Any, artists: Sequence[Any], glyphs: GlyphCache) -> bytes:
     """Restore a background drawn without ``artists``, draw them over it, encode the canvas as PNG."""
     figure.canvas.restore_region(background)
     _draw_artists(figure, artists, glyphs)
-    return _png(figure.canvas)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png(canvas: FigureCanvasAgg) -> bytes:
-    """The canvas as an 8-bit RGBA PNG, no text chunks.
-
-    Encoded here rather than by PIL, whose adaptive per-row filter choice and RGB conversion took
-    ~3/4 of the time: every row uses PNG's "up" filter (difference to the row above), which turns
-    the figures' flat areas, repeated rows and the opaque alpha channel into zeros; RGBA spares a
-    strided copy to RGB. The zlib stream is ISA-L's (``isal``): on these ~1 MB of mostly zeros its
-    level 1 takes ~0.2-0.35 ms where zlib's level 1 took ~1.7-2.4 ms, for files ~2 % larger; both
-    plots of a run 9.9-11.3 -> 6.7-8.0 ms (``benchmarks/bench_plots.py --before 741ee4f``). Any PNG
-    reader reads it; the bytes depend on ISA-L's version and the CPU's instruction set, the pixels
-    do not.
-    """
-    width, height = canvas.get_width_height()
-    pixels = np.asarray(canvas.buffer_rgba()).reshape(height, 4 * width)  # (H, 4W)
-    rows = np.empty((height, 1 + 4 * width), dtype=np.uint8)
-    rows[:, 0] = 2  # filter type "up"
-    rows[0, 1:] = pixels[0]  # the row above the first counts as zeros
-    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # modulo 256, as PNG defines it
-    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
-    return b"".join(
-        [
-            b"\x89PNG\r\n\x1a\n",
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", isal_zlib.compress(rows, _PNG_LEVEL)),
-            _png_chunk(b"IEND", b""),
-        ]
-    )
+    return png.canvas_png(figure.canvas)
 
 
 def _background(figure: Figure, artists: Sequence[Any]) -> Any:
@@ -440,10 +301,8 @@ class RunPlotter:
     on its limits, never on earlier runs, so a run's PNG bytes are the same whatever was rendered
     before it, in any process. The decision surface is painted into the canvas directly
     (``_DecisionBoundary.paint_surface``) and titles are drawn from cached glyph bitmaps
-    (``_GlyphCache``): the pixels are exactly those of the Figure drawn whole by matplotlib (tested),
-    at about 0.85x the cost of the smaller figures of e6dfb8c (``benchmarks/bench_plots.py``).
-    Not for concurrent use from several threads (a lock serialises).
-    """
+    (``GlyphCache``): the pixels are exactly those of the Figure drawn whole by matplotlib (tested).
+    A lock serialises threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -451,7 +310,8 @@ class RunPlotter:
         self._curve_backgrounds: dict[tuple[Any, ...], Any] = {}
         self._boundary = _DecisionBoundary()
         self._boundary_background: Any = None
-        self._glyphs = _GlyphCache()
+        self._glyphs = GlyphCache()
+        self._glyphs.enabled = self._glyphs.enabled and mechanisms.on("glyph_cache")
 
     def learning_curve_png(
         self,
@@ -495,7 +355,7 @@ class RunPlotter:
             else:
                 boundary.image.set_data(colours)
             _draw_artists(boundary.figure, artists, self._glyphs)
-            return _png(canvas)
+            return png.canvas_png(canvas)
 
 
 @functools.cache

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from xorexp import mechanisms
+
 log = logging.getLogger(__name__)
 
 # the engine's arrays are small: one thread each, the processes already take every core
@@ -58,7 +60,8 @@ def quick_teardown() -> None:
         close_engines()
         gc.freeze()
 
-    atexit.register(teardown)
+    if mechanisms.on("quick_teardown"):
+        atexit.register(teardown)
 
 
 def worker_context() -> BaseContext:
@@ -186,7 +189,7 @@ def aside(fn: Callable[[], Any]) -> Iterator[Aside | None]:
     value (an interrupt, an error), so it never outlives the block; it ignores Ctrl-C (this process
     ends it) and ends by itself when this process is gone."""
     child = None
-    if _ready_to_fork():
+    if mechanisms.on("aside") and _ready_to_fork():
         try:
             child = Aside(fn)
         except OSError:

@@ -10,6 +10,7 @@ how to resume. The running sweep of this process is ``current()``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -26,13 +27,13 @@ import numpy as np
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from xorexp import parent_run, progress, report, train_ahead
+from xorexp import parent_run, progress, run_logging, sweep_end, sweep_text, train_ahead
 from xorexp.config import check_sweep, count_jobs
 from xorexp.errors import Abort, ConfigError, fail
 from xorexp.job import JOB_RECORD, store_for
 from xorexp.subprocesses import launching_only
 from xorexp.tracking import reading, writing
-from xorexp.tracking.store import Store
+from xorexp.tracking.opened_store import Store
 from xorexp.tracking.tags import TAG_ORPHAN, TAG_OVERRIDES, TAG_SWEEP
 from xorexp.tracking.uri import describe_store_error, redact, store_kind
 
@@ -93,16 +94,20 @@ def job_records(sweep_dir: str | Path, parent_run_id: str) -> list[dict]:
 
 
 def job_trace(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the loss trace a job's record holds."""
     values = np.array(record["loss_trace"], dtype=float)
     return np.arange(len(values)) * record["trace_every"], values
 
 
 def resume_command() -> str:
+    """This command again, reusing the runs that finished (``tracking.skip_finished=true``)."""
     args = [arg for arg in sys.argv[1:] if not arg.startswith("tracking.skip_finished=")]
     return redact(shlex.join(["python", "-m", "xorexp", *args, "tracking.skip_finished=true"]))
 
 
 class Sweep:
+    """The running sweep: its config, store, parent run, progress and what it holds open."""
+
     def __init__(self, config: DictConfig, store: Store, parent: parent_run.ParentRun) -> None:
         self.config = config
         self.store = store
@@ -121,8 +126,9 @@ class Sweep:
         except ConfigError as error:
             fail(error)
         resources = ExitStack()
+        claim = _claim(Path(config.hydra.sweep.dir))
         try:
-            resources.enter_context(_claim(Path(config.hydra.sweep.dir)))
+            resources.enter_context(claim)
             # the sweep trains in a child process while the store opens (stopped however the sweep ends)
             resources.callback(train_ahead.stop)
             train_ahead.start(config)
@@ -132,9 +138,10 @@ class Sweep:
                 TAG_SWEEP: preset_name(config) or "overrides",
                 TAG_OVERRIDES: redact(" ".join(config.hydra.overrides.task)),
             }
-            run_id = writing.start_parent(store, sweep_name(config), tags)
-            writing.log_to_run(store, run_id, params=report.sweep_params(config))
+            run_id = run_logging.start_parent(store, sweep_name(config), tags)
+            writing.log_to_run(store, run_id, params=sweep_text.sweep_params(config))
         except BaseException:
+            claim.abandon()  # a refused sweep leaves no directory behind
             resources.close()
             raise
         parent = parent_run.ParentRun(run_id, store.uri, store.experiment_id)
@@ -166,7 +173,7 @@ class Sweep:
         if self.total is not None and self.config.hydra.sweeper.get("n_trials") is None:
             lost = max(0, self.total - len(jobs))
         try:
-            failed = report.finish_sweep(self.store, self.parent.run_id, reused, traces, lost=lost)
+            failed = sweep_end.finish_sweep(self.store, self.parent.run_id, reused, traces, lost=lost)
         except Exception as error:
             problem = describe_store_error(error, self.store.uri)
             log.error("the sweep's summary failed", exc_info=True)
@@ -174,7 +181,7 @@ class Sweep:
             self._close()
             raise Abort(problem or f"the sweep's summary failed: {type(error).__name__}: {error}") from error
         self._close()
-        for line in report.ui_hint(self.store, self.parent.run_id):
+        for line in sweep_text.ui_hint(self.store, self.parent.run_id):
             print(line, flush=True)
         if failed:
             raise Abort(f"{failed} job(s) of the sweep failed (listed above); resume: {resume_command()}")
@@ -190,7 +197,7 @@ class Sweep:
             orphans = [run.info.run_id for run in running if run.info.run_id not in owned]
             for run_id in orphans:  # its terminal status first, should the store fail between the two
                 writing.finish_run(self.store, run_id, "FAILED")
-                self.store.client.set_tag(run_id, TAG_ORPHAN, "no job owns this run")
+                writing.set_tag(self.store, run_id, TAG_ORPHAN, "no job owns this run")
         except Exception:  # the summary will say what is wrong with the store, if anything
             log.debug("could not look for the sweep's orphan runs", exc_info=True)
             return
@@ -248,8 +255,13 @@ class _claim:
 
     def __init__(self, sweep_dir: Path) -> None:
         self.sweep_dir = sweep_dir
+        self.made: list[Path] = []  # the directories __enter__ created, deepest first
+        self.abandoned: list[Path] = []
+        self.take_back = None
 
     def __enter__(self) -> _claim:
+        missing = [self.sweep_dir, *self.sweep_dir.parents]
+        self.made = missing[: next((i for i, d in enumerate(missing) if d.exists()), len(missing))]
         try:
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.sweep_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -270,6 +282,20 @@ class _claim:
     def __exit__(self, *exc: Any) -> None:
         self.take_back()
         os.close(self.fd)  # releases the lock (so does the process's death)
+        for directory in self.abandoned:  # made for a sweep that did not start: gone if empty
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (something else is there), or already gone
+                return
+
+    def abandon(self) -> None:
+        """The sweep did not start (its lock held): the lock file goes now, the directories made
+        for it when the lock is released."""
+        if getattr(self, "take_back", None) is None:  # the claim itself failed: nothing of ours
+            return
+        with contextlib.suppress(OSError):
+            (self.sweep_dir / LOCK_FILE).unlink()
+        self.abandoned = self.made
 
 
 class _log_file:

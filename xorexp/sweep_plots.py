@@ -4,15 +4,14 @@ the functions that make them (``sweep_figure_makers``: the sweep's end makes the
 process while it does the rest).
 
 They only draw: every number shown (groups, pooled counts, medians, bands, intervals, the order of
-the x values, which values vary) comes from ``xorexp.summary``. Figures are returned, never saved
-or logged here.
+the x values, which values vary) comes from ``xorexp.sweep_figure_data`` and ``xorexp.summary``.
+Figures are returned, never saved or logged here.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,122 +20,43 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter, LogLocator
+from matplotlib.ticker import EngFormatter
 
-from xorexp import summary
+from xorexp import summary, sweep_figure_data
 from xorexp.plot_style import OUTCOME_COLORS, new_figure, plain_log
+from xorexp.sweep_figure_data import GroupRuns
+from xorexp.sweep_plot_axes import (
+    SERIES_COLORS,
+    SWEEP_PX,
+    jitter,
+    log_decades,
+    loss_axis,
+    no_data,
+    outcome_handles,
+    series_values,
+    set_title,
+    sweep_figure,
+    x_slots,
+    x_ticks,
+)
 
-SWEEP_PX = (900, 560)
 LOSS_CURVES = "plots/loss_curves.png"  # the costliest figure: every run's trace, a panel per group
 
 MAX_RUNS_DRAWN = 50  # a group with more seeds shows solved and stuck as separate summaries
 MIN_MEDIAN = 3  # a median is drawn over at least this many runs (of one or two it is the runs)
 MAX_PANELS = 12  # loss curves: one panel per group up to this many groups
-MAX_SLOTS = 20  # x values shown as evenly spaced categories up to this many; beyond, a numeric axis
 MAX_SERIES = 8  # series told apart by colour; beyond, series medians only
-_SERIES_COLORS = ["#000000", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#E69F00", "#CC79A7", "#999999"]
-_MARGINS = {"left": 0.09, "right": 0.97, "bottom": 0.14, "top": 0.88}
-
-
-def _sweep_figure(**margins: float) -> tuple[Figure, Any]:
-    # fixed margins: constrained layout measures every tick label again, ~3/4 of the time
-    fig = new_figure(SWEEP_PX)
-    fig.subplots_adjust(**{**_MARGINS, **margins})
-    return fig, fig.add_subplot()
-
-
-def _title(fig: Figure, text: str) -> None:
-    fig.suptitle(text, x=0.01, y=0.985, ha="left", va="top", fontsize=12)
-
-
-def _no_data(ax: Any, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _outcome_handles(counts: dict[str, int] | None = None, median: bool = False) -> tuple[list, list]:
-    handles, labels = [], []
-    for outcome, color in OUTCOME_COLORS.items():
-        n = None if counts is None else counts.get(outcome, 0)
-        if n == 0 and outcome != "solved":
-            continue
-        handles.append(Line2D([], [], color=color, marker="o", linewidth=2, markersize=6))
-        labels.append(outcome if n is None else f"{outcome} ({n})")
-    if median:
-        handles.append(Line2D([], [], color="k", linewidth=2.2))
-        labels.append("median of all")
-    return handles, labels
-
-
-def _loss_axis(axis: Any, values: np.ndarray) -> None:
-    """Final losses: a log axis snapped to whole decades (at least two labelled ticks) when they
-    span a factor of 10 or more, else a linear axis (a log axis over a narrow range has no labels)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values) & (values > 0)]
-    if not len(values):
-        return
-    low, high = float(values.min()), float(values.max())
-    if high / low >= 10:
-        axis._set_axes_scale("log")
-        plain_log(axis)
-        setter = axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim
-        setter(10.0 ** math.floor(math.log10(low)), 10.0 ** math.ceil(math.log10(high)))
-    else:  # from 0: a 1 % difference between three stuck runs must look like one
-        setter = axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim
-        setter(0.0, high * 1.15)
-
-
-def _log_decades(ax: Any, low: float, high: float) -> None:
-    """y limits snapped to whole decades (at least one), labelled at 1-2-5 within few decades."""
-    lo, hi = math.floor(math.log10(low)), math.ceil(math.log10(high))
-    hi = max(hi, lo + 1)
-    ax.set_ylim(10.0**lo, 10.0**hi)
-    if hi - lo <= 2:
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    plain_log(ax.yaxis)
-
-
-def _slots(gruns: Sequence[summary.GroupRuns], x_key: str | None) -> tuple[dict[str, float], list[str], bool]:
-    """Position of each x value (the shown string), the tick labels, and whether positions are
-    categories (evenly spaced, in value order) or the values themselves (numeric axis)."""
-    ordered = summary.values_in_order(gruns, x_key)
-    labels = [text for text, _ in ordered]
-    if len(ordered) > MAX_SLOTS and all(value is not None for _, value in ordered):
-        return {text: float(value) for text, value in ordered}, labels, False  # type: ignore[arg-type]
-    return {text: float(i) for i, text in enumerate(labels)}, labels, True
-
-
-def _series(gruns: Sequence[summary.GroupRuns], key: str | None) -> list[str]:
-    """The series' values in value order; one unnamed series without a key."""
-    return [text for text, _ in summary.values_in_order(gruns, key)] if key else [""]
-
-
-def _x_ticks(
-    ax: Any, positions: dict[str, float], labels: list[str], x_key: str | None, counts: dict[str, int],
-    categorical: bool,
-) -> None:
-    if categorical:
-        step = max(1, -(-len(labels) // 12))
-        shown = labels[::step]
-        with_n = [f"{t}\nn={counts[t]}" if t in counts else t for t in shown]
-        ax.set_xticks([positions[t] for t in shown], labels=with_n)
-        ax.set_xlim(-0.6, len(labels) - 0.4)
-    elif x_key == "lr":
-        ax.set_xscale("log")
-        plain_log(ax.xaxis)
-    ax.set_xlabel(x_key or "")
 
 
 def success_rate(
-    gruns: Sequence[summary.GroupRuns], x_key: str | None, series_key: str | None = None
+    gruns: Sequence[GroupRuns], x_key: str | None, series_key: str | None = None
 ) -> Figure:
     """Success rate per value of ``x_key`` (one colour per ``series_key`` value), with its 95 %
     Wilson interval and ``solved/n`` written at each point. Groups sharing x and series pool."""
-    fig, ax = _sweep_figure(bottom=0.16)
-    series = _series(gruns, series_key)
-    positions, labels, categorical = _slots(gruns, x_key)
-    pooled = summary.pooled_success(gruns, x_key, series_key)
+    fig, ax = sweep_figure(bottom=0.16)
+    series = series_values(gruns, series_key)
+    positions, labels, categorical = x_slots(gruns, x_key)
+    pooled = sweep_figure_data.pooled_success(gruns, x_key, series_key)
     width = 0.7 if categorical else 0.0
     n_by_x: dict[str, int] = {}
     for k, s in enumerate(series):
@@ -154,7 +74,7 @@ def success_rate(
             if len(gruns) <= 30:
                 ax.annotate(f"{solved}/{n}", (xs[-1], high), textcoords="offset points", xytext=(0, 4),
                             ha="center", va="bottom", fontsize=9)
-        color = _SERIES_COLORS[k % len(_SERIES_COLORS)] if series_key else OUTCOME_COLORS["solved"]
+        color = SERIES_COLORS[k % len(SERIES_COLORS)] if series_key else OUTCOME_COLORS["solved"]
         label = f"{summary.SHORT_NAMES.get(series_key, series_key)}={s}" if series_key else None
         ax.errorbar(xs, rates, yerr=[lows, highs], fmt="o", color=color, markersize=6, capsize=4,
                     linewidth=1.5, label=label)
@@ -162,11 +82,11 @@ def success_rate(
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "25 %", "50 %", "75 %", "100 %"])
     ax.set_ylabel("runs solved")
     ax.grid(True, axis="y", alpha=0.3)
-    _x_ticks(ax, positions, labels, x_key, {} if series_key else n_by_x, categorical)
+    x_ticks(ax, positions, labels, x_key, {} if series_key else n_by_x, categorical)
     if series_key:
         ax.legend(fontsize=9, ncol=min(len(series), 4), loc="lower right")
     what = f"vs {x_key}" if x_key else "of all runs"
-    _title(fig, f"success rate {what}: solved/n with 95 % Wilson interval")
+    set_title(fig, f"success rate {what}: solved/n with 95 % Wilson interval")
     return fig
 
 
@@ -174,13 +94,13 @@ def success_heatmap(groups: Sequence[summary.GroupSummary], title: str = "") -> 
     """Success rate over hidden_units (rows, ascending upwards) x lr (columns, ascending), each
     cell ``solved/n`` and its 95 % Wilson interval. A cell pools every group with that hidden_units
     and lr (other swept values); cells without results are grey."""
-    cells = summary.success_cells(groups)
-    fig, ax = _sweep_figure(left=0.1, right=0.95)
-    _title(fig, title or "success rate: solved/n and 95 % Wilson interval, by hidden_units and lr")
+    cells = sweep_figure_data.success_cells(groups)
+    fig, ax = sweep_figure(left=0.1, right=0.95)
+    set_title(fig, title or "success rate: solved/n and 95 % Wilson interval, by hidden_units and lr")
     if not cells:
-        _no_data(ax, "no runs with hidden_units and lr")
+        no_data(ax, "no runs with hidden_units and lr")
         return fig
-    rows, cols, rate = summary.success_grid(cells)
+    rows, cols, rate = sweep_figure_data.success_grid(cells)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(rate), cmap=cmap, vmin=0.0, vmax=1.0, origin="lower",
                       aspect="auto", interpolation="nearest")
@@ -204,29 +124,21 @@ def success_heatmap(groups: Sequence[summary.GroupSummary], title: str = "") -> 
     return fig
 
 
-def _jitter(n: int, width: float) -> np.ndarray:
-    """Evenly spread offsets in [-width/2, width/2], in a shuffled but fixed order."""
-    if n <= 1:
-        return np.zeros(n)
-    spread = np.linspace(-width / 2, width / 2, n)
-    return spread[np.argsort((np.arange(n) * 0.6180339887) % 1.0)]
-
-
 def final_loss(
-    gruns: Sequence[summary.GroupRuns], x_key: str | None, series_key: str | None = None
+    gruns: Sequence[GroupRuns], x_key: str | None, series_key: str | None = None
 ) -> Figure:
     """Final loss per value of ``x_key``: every run a dot coloured by outcome and the median as a
     black bar (groups of up to MAX_RUNS_DRAWN seeds); larger groups show the solved and the stuck
     runs as two medians with 25-75 % bars and their counts. With a series key (e.g. hidden_units in
     an lr x hidden_units sweep) series sit side by side in each slot, their medians joined by a
     line of the series' colour. Diverged and failed runs have no final loss: counted in the legend."""
-    fig, ax = _sweep_figure(right=0.82, bottom=0.16)
-    series = _series(gruns, series_key)
-    positions, labels, categorical = _slots(gruns, x_key)
-    counts = summary.outcome_totals(gruns)
+    fig, ax = sweep_figure(right=0.82, bottom=0.16)
+    series = series_values(gruns, series_key)
+    positions, labels, categorical = x_slots(gruns, x_key)
+    counts = sweep_figure_data.outcome_totals(gruns)
     all_losses = [g.finite_losses() for g in gruns]
     losses = np.concatenate(all_losses) if all_losses else np.empty(0)
-    n_by_x = summary.runs_per_value(gruns, x_key)
+    n_by_x = sweep_figure_data.runs_per_value(gruns, x_key)
     many_series = len(series) > MAX_SERIES
     slot_width = 0.8 if categorical else 0.0
     for k, s in enumerate(series):
@@ -234,9 +146,9 @@ def final_loss(
         width = slot_width / len(series)
         offset = (k - (len(series) - 1) / 2) * width
         medians = []
-        for g in sorted(in_series, key=lambda g: positions[summary.slot_text(x_key, g.group)]):
-            x = positions[summary.slot_text(x_key, g.group)] + offset
-            quart = summary.loss_quartiles(g.final_losses)
+        for g in sorted(in_series, key=lambda g: positions[sweep_figure_data.slot_text(x_key, g.group)]):
+            x = positions[sweep_figure_data.slot_text(x_key, g.group)] + offset
+            quart = sweep_figure_data.loss_quartiles(g.final_losses)
             if quart is not None:
                 medians.append((x, quart[0]))
             if many_series:
@@ -244,7 +156,7 @@ def final_loss(
             if g.n <= MAX_RUNS_DRAWN or not categorical:
                 finite = np.isfinite(g.final_losses)
                 colors = [OUTCOME_COLORS[o] for o, f in zip(g.outcomes, finite, strict=True) if f]
-                xs = x + _jitter(int(finite.sum()), width * 0.7) if categorical else np.full(finite.sum(), x)
+                xs = x + jitter(int(finite.sum()), width * 0.7) if categorical else np.full(finite.sum(), x)
                 ax.scatter(xs, g.final_losses[finite], c=colors, s=40 if g.n < MIN_MEDIAN else 18,
                            alpha=0.85, linewidths=0, zorder=4)
                 if quart is not None and categorical and g.n >= MIN_MEDIAN:
@@ -252,7 +164,7 @@ def final_loss(
                     ax.hlines(quart[0], x - half, x + half, color="k", linewidth=2.2, zorder=3)
             else:
                 for side, outcome in ((-0.2, "solved"), (0.2, "stuck")):
-                    q = summary.loss_quartiles(g.losses_of(outcome))
+                    q = sweep_figure_data.loss_quartiles(g.losses_of(outcome))
                     if q is None:
                         continue
                     xo = x + side * width
@@ -263,17 +175,17 @@ def final_loss(
         if series_key and medians:
             xs, ys = zip(*medians, strict=True)
             color = (matplotlib.colormaps["viridis"](k / max(len(series) - 1, 1)) if many_series
-                     else _SERIES_COLORS[k % len(_SERIES_COLORS)])
+                     else SERIES_COLORS[k % len(SERIES_COLORS)])
             ax.plot(xs, ys, color=color, linewidth=1.2, marker="_", markersize=12, zorder=4,
                     label=f"{summary.SHORT_NAMES.get(series_key, series_key)}={s}")
     ax.set_ylabel("final loss")
     ax.grid(True, axis="y", which="major", alpha=0.3)
     if not len(losses):
-        _no_data(ax, "no finite final loss")
+        no_data(ax, "no finite final loss")
     else:
-        _loss_axis(ax.yaxis, losses)
-    _x_ticks(ax, positions, labels, x_key, {} if series_key else n_by_x, categorical)
-    handles, texts = _outcome_handles(counts)
+        loss_axis(ax.yaxis, losses)
+    x_ticks(ax, positions, labels, x_key, {} if series_key else n_by_x, categorical)
+    handles, texts = outcome_handles(counts)
     legend = ax.legend(handles, texts, title="runs", fontsize=9, title_fontsize=9, loc="upper left",
                        bbox_to_anchor=(1.01, 1.0), frameon=False)
     if series_key:
@@ -289,19 +201,19 @@ def final_loss(
                   bbox_to_anchor=(1.01, 0.0), frameon=False)
     what = f"vs {x_key}" if x_key else "of all runs"
     per = f", one line per {series_key}" if series_key else ""
-    _title(fig, f"final loss {what}: every run, coloured by outcome{per}")
+    set_title(fig, f"final loss {what}: every run, coloured by outcome{per}")
     return fig
 
 
-def loss_curves(gruns: Sequence[summary.GroupRuns]) -> Figure:
+def loss_curves(gruns: Sequence[GroupRuns]) -> Figure:
     """Loss traces. Up to MAX_PANELS groups: one panel per group (shared axes), every run a thin
     line coloured by outcome with the median of all on top, or, beyond MAX_RUNS_DRAWN seeds, the
     median and 25-75 % band of the solved and of the stuck runs apart. More groups: one panel with
     every run, coloured by outcome, and the median of each outcome."""
     drawn = sorted((g for g in gruns if g.traces), key=lambda g: summary.params_order(g.group))  # by value
-    counts = summary.outcome_totals(gruns)
+    counts = sweep_figure_data.outcome_totals(gruns)
     if not drawn or len(drawn) > MAX_PANELS:
-        fig, ax = _sweep_figure(right=0.8)
+        fig, ax = sweep_figure(right=0.8)
         panels = [(ax, None)]
     else:
         fig = new_figure(SWEEP_PX)
@@ -323,14 +235,14 @@ def loss_curves(gruns: Sequence[summary.GroupRuns]) -> Figure:
         ax.grid(True, which="major", alpha=0.3)
         if g is None:
             if not drawn:
-                _no_data(ax, "no loss trace")
+                no_data(ax, "no loss trace")
                 continue
             for outcome in ("stuck", "diverged", "solved"):
                 lines = [np.column_stack(t) for r in drawn for t in r.traces_of(outcome)]
                 if lines:
                     ax.add_collection(LineCollection(lines, colors=OUTCOME_COLORS[outcome], linewidths=0.5,
                                                      alpha=0.25))
-                band = summary.trace_band([t for r in drawn for t in r.traces_of(outcome)])
+                band = sweep_figure_data.trace_band([t for r in drawn for t in r.traces_of(outcome)])
                 if len(band[0]):
                     ax.plot(band[0], band[1], color=OUTCOME_COLORS[outcome], linewidth=2.5, zorder=3)
             positive += [t[1] for r in drawn for t in r.traces]
@@ -361,7 +273,7 @@ def loss_curves(gruns: Sequence[summary.GroupRuns]) -> Figure:
     if len(values):
         top = panels[0][0]
         top.autoscale_view()
-        _log_decades(top, float(values.min()), float(values.max()))
+        log_decades(top, float(values.min()), float(values.max()))
         ends = [t[0][-1] for g in drawn for t in g.traces if len(t[0])]
         ends += [g.group.iterations for g in drawn if g.group.iterations is not None]
         if ends:
@@ -372,12 +284,12 @@ def loss_curves(gruns: Sequence[summary.GroupRuns]) -> Figure:
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("loss")
     many = any(g.n > MAX_RUNS_DRAWN for _, g in panels if g is not None) or panels[0][1] is None
-    handles, texts = _outcome_handles(counts, median=not many and any(g.n >= MIN_MEDIAN for g in drawn))
+    handles, texts = outcome_handles(counts, median=not many and any(g.n >= MIN_MEDIAN for g in drawn))
     fig.legend(handles, texts, title="runs", loc="upper left", bbox_to_anchor=(0.81, 0.86), fontsize=9,
                title_fontsize=9, frameon=False)
     if many:
         fig.text(0.81, 0.1, "thick: median of each\noutcome; band: 25-75 %", fontsize=8)
-    _title(fig, "loss per group: every run coloured by outcome" if not many else
+    set_title(fig, "loss per group: every run coloured by outcome" if not many else
            "loss: median (and 25-75 % band) of each outcome")
     return fig
 
@@ -387,7 +299,7 @@ def sweep_figures(
     records: Sequence[summary.RunRecord],
     curves: Sequence[Sequence[tuple[Any, Any]]] | None = None,
 ) -> dict[str, Figure]:
-    """The sweep's figures by artifact path, chosen by what the sweep varied (``summary.figure_axes``).
+    """The sweep's figures by artifact path, chosen by what the sweep varied (``figure_axes``).
 
     - hidden_units and lr both varied: ``plots/success_rate_heatmap.png`` and
       ``plots/final_loss_vs_lr.png`` (one median line per hidden_units);
@@ -409,8 +321,8 @@ def sweep_figure_makers(
     """``sweep_figures``, each figure made when its function is called (apart: in another process)."""
     if not groups:
         return {}
-    gruns = summary.figure_groups(groups, records, curves)
-    x_key, series_key = summary.figure_axes(groups)
+    gruns = sweep_figure_data.figure_groups(groups, records, curves)
+    x_key, series_key = sweep_figure_data.figure_axes(groups)
     suffix = f"_vs_{x_key}" if x_key else ""
     makers: dict[str, Callable[[], Figure]] = {}
     if x_key == "lr" and series_key == "hidden_units":

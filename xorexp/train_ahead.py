@@ -54,6 +54,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from xorexp import mechanisms
 from xorexp.subprocesses import SINGLE_THREAD_BLAS, exit_with_parent
 from xorexp.train import RunResult, RunSpec, plan_batches
 
@@ -106,6 +107,8 @@ def start(config: Any) -> Ahead | None:
     """Start training a grid sweep's runs in a child process (None: not such a sweep, or the child
     could not start: the launcher then trains as usual). ``stop`` ends it."""
     global _running
+    if not mechanisms.on("train_ahead"):
+        return None
     try:
         specs = grid_specs(config)
     except Exception:  # a value the sweep's checks let through: the launcher reports it

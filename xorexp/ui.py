@@ -24,14 +24,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from xorexp import report
+from xorexp import report, sweep_text
 from xorexp.tracking import reading
 from xorexp.tracking.store import open_store
 from xorexp.tracking.uri import StoreError, redact, resolve_uri, store_kind
 
-DEFAULT_PORT = report.UI_PORT
+DEFAULT_PORT = sweep_text.UI_PORT
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 90.0  # mlflow server starts in ~6 s on a quiet machine
+START_TIMEOUT_S = 90.0  # generous: a busy machine starts mlflow server many times slower than a quiet one
 STOP_TIMEOUT_S = 15.0
 
 
@@ -71,10 +71,10 @@ def start_page(uri: str, experiment: str, base: str) -> tuple[str, str]:
         return f"no experiment {experiment!r} in the store", base
     parent = reading.latest_sweep(store)
     if parent is None:
-        runs_page = f"{base}#/experiments/{store.experiment_id}/runs{report.UI_QUERY}"
+        runs_page = f"{base}#/experiments/{store.experiment_id}/runs{sweep_text.UI_QUERY}"
         return f"experiment {experiment!r} (no sweep yet)", runs_page
     name = reading.get_run(store, parent).info.run_name
-    return f"latest sweep {name!r}", report.run_url(store.experiment_id, parent, base)
+    return f"latest sweep {name!r}", sweep_text.run_url(store.experiment_id, parent, base)
 
 
 def wait_healthy(server: subprocess.Popen, base: str) -> None:
@@ -114,6 +114,7 @@ def drain(stream, tail: collections.deque) -> None:
 
 
 def serve(uri: str, port: int, experiment: str) -> int:
+    """Serve the UI on ``uri`` until a signal stops it (0); UiError when it cannot or dies."""
     if store_kind(uri) == "server":
         raise UiError(
             f"{redact(uri)} is a tracking server: it serves the UI itself, open it in a browser"

@@ -48,17 +48,20 @@ WRAPPED = {
     "xorexp.tracking.store:open_store": "MLflow calls",
     "xorexp.tracking.writing:start_run": "MLflow calls",
     "xorexp.tracking.writing:log_result": "MLflow calls",
-    "xorexp.tracking.writing:log_files": "MLflow calls",
+    "xorexp.tracking.artifacts:log_files": "MLflow calls",
     "xorexp.tracking.writing:finish_run": "MLflow calls",
     "xorexp.tracking.writing:log_failure": "MLflow calls",
     "xorexp.tracking.writing:start_parent": "MLflow calls",
     "xorexp.tracking.writing:log_to_run": "MLflow calls",
+    "xorexp.run_logging:start_run": "MLflow calls",
+    "xorexp.run_logging:log_result": "MLflow calls",
+    "xorexp.run_logging:start_parent": "MLflow calls",
     "xorexp.tracking.reading:find_finished": "MLflow calls",
     "hydra._internal.utils:_run_hydra": "Hydra job work",
     "hydra.core.utils:run_job": "Hydra job work",
     "hydra_plugins.xorexp_vectorized_launcher._hydra_job:run_job": "Hydra job work",
-    "hydra_plugins.xorexp_vectorized_launcher._core:run_jobs_in_worker": "Hydra job work",
-    "hydra_plugins.xorexp_vectorized_launcher._core:_launch_on_processes": "waiting for workers",
+    "hydra_plugins.xorexp_vectorized_launcher._local_pool:run_jobs_in_worker": "Hydra job work",
+    "hydra_plugins.xorexp_vectorized_launcher._local_pool:launch_on_processes": "waiting for workers",
     "xorexp.sweep:Sweep.finish": "end of sweep",
 }
 # the same functions in revisions before the tracking package (xorexp/tracking.py), so that older
@@ -76,7 +79,7 @@ OLDER_NAMES = {
 }
 WRAPPED.update(OLDER_NAMES)
 ABSORBING = {"end of sweep"}  # summary, sweep figures, best model: its MLflow calls and plots included
-TASK = "hydra_plugins.xorexp_vectorized_launcher._core:run_jobs_in_worker"  # a worker's unit of work
+TASK = "hydra_plugins.xorexp_vectorized_launcher._local_pool:run_jobs_in_worker"  # a worker's unit of work
 FIRST_WORK = {"hydra._internal.utils:_run_hydra", TASK}  # start-up ends at the first call of one
 NOT_WORK = {"waiting for workers", "idle"}  # shown, but not in the total of work
 
@@ -85,8 +88,8 @@ PHASES = (
     "xorexp.sweep:Sweep.start",
     "xorexp.job:store_for",
     "hydra_plugins.xorexp_vectorized_launcher._core:launch",
-    "hydra_plugins.xorexp_vectorized_launcher._core:_train",
-    "hydra_plugins.xorexp_vectorized_launcher._core:JobRunner.run",
+    "hydra_plugins.xorexp_vectorized_launcher._job_runner:train_batch",
+    "hydra_plugins.xorexp_vectorized_launcher._job_runner:JobRunner.run",
     "xorexp.sweep:Sweep.finish",
 )
 

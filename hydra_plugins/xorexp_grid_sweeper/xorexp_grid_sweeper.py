@@ -2,8 +2,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+
+from xorexp.compat.hydra import BasicSweeper
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Search space of the Optuna sweeper: Hydra override text -> Optuna distributions, and back.
 
-The space is written in Hydra's override grammar, parsed by Hydra's ``OverridesParser`` with one
-patch of its internals (``overrides_parser``: ``interval`` keeps two int ends as ints, an integer
-search range): ``interval(a,b)``, ``tag(log, interval(a,b))``, ``choice(...)``, ``range(...)`` or a
+The space is written in Hydra's override grammar, parsed by Hydra's ``OverridesParser`` with its
+``interval`` replaced (``overrides_parser``: two int ends stay ints, an integer search range):
+``interval(a,b)``, ``tag(log, interval(a,b))``, ``choice(...)``, ``range(...)`` or a
 fixed value. ``value_text`` writes a sampled value back as override text. A bad setting or search
 space raises ``SweepConfigError`` (one line).
 """
@@ -24,6 +24,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from xorexp.compat.hydra import parser_with_function
 from xorexp.errors import ConfigError
 
 
@@ -71,11 +72,7 @@ _interval.__signature__ = inspect.signature(_interval, eval_str=True)  # type: i
 
 def overrides_parser() -> OverridesParser:
     """Hydra's override parser with ``interval`` keeping int ends (Hydra's turns them into floats)."""
-    parser = OverridesParser.create()
-    parser.functions.definitions.pop("interval")
-    parser.functions.functions.pop("interval")
-    parser.functions.register(name="interval", func=_interval)
-    return parser
+    return parser_with_function("interval", _interval)
 
 
 def parse_search_space(config_params: Mapping[str, Any] | None, arguments: Sequence[str]) -> SearchSpace:

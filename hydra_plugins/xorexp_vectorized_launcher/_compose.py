@@ -14,17 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cloudpickle
-from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from xorexp import mechanisms
+from xorexp.compat.hydra import overrides_dirname
 from xorexp.config import ConfigError, check_tracking, spec_from_values, to_run_spec
 from xorexp.errors import fail
 from xorexp.params import RESULT_KEYS
 from xorexp.train import RunSpec
 
-from ._hydra_job import HYDRA_SLOTS, YamlTemplate
+from ._hydra_job import HYDRA_SLOTS, JobConfigs, YamlTemplate
 
 log = logging.getLogger(__name__)
 TRACKING_KEYS = ("tracking.uri", "tracking.experiment")  # what ``check_tracking`` reads
@@ -47,24 +48,6 @@ class Planned:
     parsed: list[Override]
     spec: RunSpec | None
     cfg: DictConfig | None = None
-
-
-@dataclass
-class JobConfigs:
-    """What a job runs with, as Hydra's ``run_job`` would make it: ``config`` (the whole job config),
-    ``task`` (``config`` without its ``hydra`` node: the task function's argument) and ``hydra``
-    (``config``'s ``hydra`` node alone: HydraConfig's and the JobReturn's), and, when the job's shape
-    has them, the templates of its ``.hydra/hydra.yaml`` and ``.hydra/config.yaml``.
-
-    A job derived from its shape's template has no ``hydra`` of its own (None): HydraConfig gets
-    ``config`` itself, whose ``hydra`` node is the same, and its hydra.yaml comes from the template;
-    that spares unpickling a second copy of the hydra node per job (~40 % of making the configs)."""
-
-    config: DictConfig
-    task: DictConfig
-    hydra: DictConfig | None
-    hydra_yaml: YamlTemplate | None = None
-    task_yaml: YamlTemplate | None = None
 
 
 @dataclass
@@ -167,7 +150,10 @@ class Composer:
         shape = self._shape(planned.parsed)
         if planned.cfg is None and not self._derivable(shape):  # only if the shortcut was turned off
             planned.cfg = self.full([o.input_line for o in planned.parsed])
-        if planned.cfg is not None and not (self._derivable(shape) and self.templates[shape].hydra_yaml):
+        derived = self._derivable(shape) and (
+            self.templates[shape].hydra_yaml is not None or not mechanisms.on("yaml_templates")
+        )
+        if planned.cfg is not None and not derived:
             config = planned.cfg
             _set_job(config, job_idx)
             task, hydra = split(config)
@@ -183,11 +169,8 @@ class Composer:
                 OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
         dirname = config.hydra.job.config.override_dirname
         task_lines = [override.input_line for override in planned.parsed]
-        override_dirname = get_overrides_dirname(
-            overrides=planned.parsed,
-            exclude_keys=list(dirname.exclude_keys),
-            item_sep=dirname.item_sep,
-            kv_sep=dirname.kv_sep,
+        override_dirname = overrides_dirname(
+            planned.parsed, list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep
         )
         with read_write(config.hydra), open_dict(config.hydra):  # one block: each costs ~0.2 ms
             config.hydra.overrides.task = task_lines
@@ -265,14 +248,17 @@ def _template(parsed: list[Override], cfg: DictConfig) -> _Template:
         values = {key: cfg[key] for key in RESULT_KEYS}
     blank = copy.deepcopy(cfg)
     task, hydra = split(blank)
+    templates = mechanisms.on("yaml_templates")
     return _Template(
         parsed=parsed,
         config=cloudpickle.dumps(cfg),
         task=cloudpickle.dumps(task),
         hydra=cloudpickle.dumps(hydra),
         values=values,
-        hydra_yaml=YamlTemplate.of(hydra, HYDRA_SLOTS),
-        task_yaml=YamlTemplate.of(task, [tuple(override.key_or_group.split(".")) for override in parsed]),
+        hydra_yaml=YamlTemplate.of(hydra, HYDRA_SLOTS) if templates else None,
+        task_yaml=YamlTemplate.of(task, [tuple(o.key_or_group.split(".")) for o in parsed])
+        if templates
+        else None,
         lines=frozenset(override.input_line for override in parsed),
         tracking={key.split(".")[1]: OmegaConf.select(cfg, key) for key in TRACKING_KEYS},
     )

@@ -83,7 +83,7 @@ if _faults:
 
     _chunks.train_chunk = _train_chunk
 
-    import xorexp.job as _job
+    import xorexp.job_context as _job_context
 
     _real_render = _chunks.render_run_plots
 
@@ -93,7 +93,7 @@ if _faults:
                 raise RuntimeError("injected plotting fault")
         return _real_render(result, name)
 
-    _chunks.render_run_plots = _job.render_run_plots = _render_run_plots
+    _chunks.render_run_plots = _job_context.render_run_plots = _render_run_plots
 
     if any(kind == "twice" for kind, _, _ in _faults):
         from xorexp.tracking import writing as _writing
@@ -144,9 +144,9 @@ if _faults:
         _train_ahead.ready = _ready
 
     if any(kind == "aside" for kind, _, _ in _faults):
-        import xorexp.report as _report
+        import xorexp.sweep_end as _sweep_end
 
-        _real_pngs = _report._pngs
+        _real_pngs = _sweep_end._pngs
 
         def _pngs(makers):
             if os.getpid() != _STARTED_PID:
@@ -154,8 +154,8 @@ if _faults:
                 raise RuntimeError("injected: no figure drawn in a forked child")
             return _real_pngs(makers)
 
-        _report._pngs = _pngs
-        _real_save = _report.BestModel.save
+        _sweep_end._pngs = _pngs
+        _real_save = _sweep_end.BestModel.save
 
         def _save(self):
             if os.getpid() != _STARTED_PID:
@@ -163,15 +163,15 @@ if _faults:
                 raise RuntimeError("injected: no model saved in a forked child")
             return _real_save(self)
 
-        _report.BestModel.save = _save
+        _sweep_end.BestModel.save = _save
 
     if any(kind == "summary" for kind, _, _ in _faults):
-        import xorexp.report as _report
+        import xorexp.sweep_end as _sweep_end
 
         def _finish_sweep(*args, **kwargs):
             raise RuntimeError("injected summary fault")
 
-        _report.finish_sweep = _finish_sweep
+        _sweep_end.finish_sweep = _finish_sweep
 
 
 if any(kind == "finalizer" for kind, _, _ in _faults):

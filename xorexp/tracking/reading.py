@@ -19,7 +19,7 @@ from xorexp.tracking.tags import ROLE_SWEEP, TAG_HASH, TAG_JOB, TAG_PARENT, TAG_
 from xorexp.train import RunSpec
 
 if TYPE_CHECKING:
-    from xorexp.tracking.store import Store
+    from xorexp.tracking.opened_store import Store
 
 PAGE_SIZE = 1000  # runs per search request (MLflow's maximum is 50,000; servers prefer fewer)
 

@@ -23,7 +23,7 @@ from xorexp.tracking import sql_writer
 from xorexp.tracking.tags import TAG_PARENT
 
 if TYPE_CHECKING:
-    from xorexp.tracking.store import Store
+    from xorexp.tracking.opened_store import Store
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def sweep_children(store: Store, parent_run_id: str) -> list[SweepRun] | None:
     """The active runs of the store's experiment whose parent is ``parent_run_id``, as MLflow's
     ``search_runs`` finds them (in no particular order); None when this store is not one to read
     here (the caller then goes through MLflow)."""
-    writer = sql_writer.writer_for(store)
+    writer = sql_writer.tables_for(store)
     if writer is None:
         return None
     from mlflow.entities.lifecycle_stage import LifecycleStage

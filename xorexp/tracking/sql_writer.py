@@ -25,10 +25,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from xorexp import mechanisms
+from xorexp.compat import mlflow as compat_mlflow
+
 if TYPE_CHECKING:
     from mlflow.entities import Metric
 
-    from xorexp.tracking.store import Store
+    from xorexp.tracking.opened_store import Store
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,11 @@ class SqlRunWriter:
         from mlflow.entities.lifecycle_stage import LifecycleStage
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
         from mlflow.utils.uri import append_to_uri_path
-        from mlflow.utils.validation import _validate_batch_log_data
 
-        _, checked_params, _ = _validate_batch_log_data([], [Param(k, v) for k, v in params.items()], [])
+        checked = compat_mlflow.validated_batch([], [Param(k, v) for k, v in params.items()], [])
+        if checked is None:
+            return None
+        _, checked_params, _ = checked
         run_id = uuid.uuid4().hex
         artifact_uri = append_to_uri_path(self.artifact_location, run_id, "artifacts")
         all_tags = dict(tags)
@@ -117,11 +122,13 @@ class SqlRunWriter:
         import sqlalchemy
         from mlflow.entities import Param, RunTag
         from mlflow.entities.lifecycle_stage import LifecycleStage
-        from mlflow.utils.validation import _validate_batch_log_data
 
-        checked_metrics, checked_params, checked_tags = _validate_batch_log_data(
+        checked = compat_mlflow.validated_batch(
             list(metrics), [Param(k, v) for k, v in params.items()], [RunTag(k, v) for k, v in tags.items()]
         )
+        if checked is None:
+            return False
+        checked_metrics, checked_params, checked_tags = checked
         rows, latest = [], {}
         for metric in dict.fromkeys(checked_metrics):  # MLflow drops repeated identical metrics
             row = _metric_row(metric)
@@ -198,7 +205,12 @@ def _recency(row: dict) -> tuple:
 
 def writer_for(store: Store) -> SqlRunWriter | None:
     """The store's writer when it is an SQL store whose tables this module knows, else None."""
-    return _writer(store.uri, store.experiment_id)
+    return _writer(store.uri, store.experiment_id) if mechanisms.on("sql_writer") else None
+
+
+def tables_for(store: Store) -> SqlRunWriter | None:
+    """The store's engine and MLflow's tables (a writer's), for reading; None as ``writer_for``."""
+    return _writer(store.uri, store.experiment_id) if mechanisms.on("sql_reader") else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -215,8 +227,6 @@ def _writer(uri: str, experiment_id: str) -> SqlRunWriter | None:
         SqlRun,
         SqlTag,
     )
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
     tables = {
         model.__tablename__: model.__table__
         for model in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)
@@ -226,7 +236,9 @@ def _writer(uri: str, experiment_id: str) -> SqlRunWriter | None:
             log.info("MLflow's %s table differs from what xorexp writes: runs go through MLflow", name)
             return None
     tables["experiments"] = SqlExperiment.__table__
-    engine = SqlAlchemyStore._get_or_create_engine(uri)
+    if compat_mlflow.validated_batch([], [], []) is None:  # MLflow's checks cannot be applied here
+        return None
+    engine = compat_mlflow.shared_engine(uri)
     if engine.dialect.name not in DIALECTS:
         return None
     with engine.connect() as connection:

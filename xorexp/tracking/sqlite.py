@@ -17,13 +17,14 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 
+from xorexp.compat import mlflow as compat_mlflow
 from xorexp.tracking.uri import ARTIFACTS_DIR, SQLITE_PREFIX, StoreError, os_cause, redact, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,13 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 LOCK_WAIT_S = 3.0  # how long opening waits for another process's write lock on a sqlite store
 BUSY_TIMEOUT_MS = 20_000  # sqlite busy timeout of every connection (MLflow's per-session value)
 CACHE_DIR_ENV = "XOREXP_CACHE_DIR"
+NEW_STORE_BYTES = 3 * 2**19  # free space a new store needs: its empty schema (~1 MB) and first runs
 
 
-def _probe_directory(directory: Path, uri: str) -> None:
+def _probe_directory(directory: Path, uri: str, *, new_store: bool = False) -> None:
     """Write (and remove) 4 KiB in the store's directory: a full, read-only or forbidden place
-    fails here in milliseconds, not after MLflow's 100 s of retries."""
+    fails here in milliseconds, not after MLflow's 100 s of retries. A new store also needs room
+    for its empty schema (about 1 MB) and a few runs: NEW_STORE_BYTES free."""
     try:
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
@@ -47,6 +50,12 @@ def _probe_directory(directory: Path, uri: str) -> None:
         finally:
             os.close(fd)
             os.unlink(name)
+        free = shutil.disk_usage(directory).free
+        if new_store and free < NEW_STORE_BYTES:
+            raise StoreError(
+                f"tracking store {redact(uri)}: only {free // 1024} kB free in {directory}, a new store "
+                f"needs {NEW_STORE_BYTES / 2**20:g} MB: free space, or point tracking.uri elsewhere"
+            )
     except OSError as error:
         raise StoreError(
             f"tracking store {redact(uri)}: cannot write in {directory} ({os_cause(error)}): "
@@ -128,9 +137,7 @@ def _sqlite_schema(path: Path, uri: str, *, write: bool) -> tuple[set[str], str 
 
 
 def _schema_revision() -> str:
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    return _get_latest_schema_revision()
+    return compat_mlflow.latest_schema_revision()
 
 
 def _schema_ready(tables: set[str], revision: str | None) -> bool:
@@ -172,9 +179,7 @@ def _build_sqlite_store(target: Path, *, locked: bool = False) -> None:
         from_template = _copy_template(tmp)
         with _quiet_migrations():  # MLflow migrates an empty file, adds experiment 0 to a template's
             SqlAlchemyStore(tmp_uri, (target.parent / ARTIFACTS_DIR).as_uri())
-        engine = SqlAlchemyStore._engine_map.pop(tmp_uri, None)
-        if engine is not None:
-            engine.dispose()
+        compat_mlflow.dispose_engine(tmp_uri)
         connection = sqlite3.connect(tmp, isolation_level=None)
         try:
             connection.execute("PRAGMA journal_mode=WAL")  # persists in the file
@@ -253,14 +258,8 @@ def _save_template(store: Path) -> None:
 
 def _finish_migration(path: Path) -> None:
     """Run MLflow's schema migrations on a store whose migration was interrupted."""
-    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine
-
-    engine = create_sqlalchemy_engine(f"{SQLITE_PREFIX}{path}")
-    try:
-        with _quiet_migrations():
-            _upgrade_db(engine)
-    finally:
-        engine.dispose()
+    with _quiet_migrations():
+        compat_mlflow.upgrade_schema(f"{SQLITE_PREFIX}{path}")
 
 
 @contextlib.contextmanager
@@ -352,8 +351,7 @@ def _use_wal(path: Path) -> None:
 
 def _engine_open(uri: str) -> bool:
     """Whether MLflow has an engine (pooled sqlite connections) on this store in this process."""
-    module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
-    return module is not None and uri in module.SqlAlchemyStore._engine_map
+    return compat_mlflow.engine_open(uri)
 
 
 def prepare(uri: str, *, create: bool) -> None:
@@ -369,8 +367,8 @@ def prepare(uri: str, *, create: bool) -> None:
             raise StoreError(
                 f"no store at {shown}: run a command that logs runs there first, or fix the store URI"
             )
-        _probe_directory(path.parent, uri)
-        with _quiet_migrations():
+        _probe_directory(path.parent, uri, new_store=True)
+        with _quiet_migrations(), compat_mlflow.engine_retries(1):  # a failure is one line, not 100 s
             _build_sqlite_store(path)
     elif create:
         _probe_directory(path.parent, uri)

@@ -1,7 +1,7 @@
 """Opening a tracking store: every check of its URI, server, database or sqlite file first (one
 line, within seconds), then the experiment (created, tagged, checked for a moved store), and the
-runs of crashed writers marked KILLED. ``Store`` is what the rest of xorexp holds: the URI, the
-experiment id and the MLflow client, which only ``xorexp.tracking`` calls.
+runs of crashed writers marked KILLED. The ``Store`` it returns (``opened_store``) is what the rest
+of xorexp holds: the URI, the experiment id and the MLflow client, which only ``xorexp.tracking`` calls.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import hashlib
 import logging
 import os
 import socket
-import sys
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xorexp.compat import mlflow as compat_mlflow
 from xorexp.tracking import health, reading, sqlite, writing
+from xorexp.tracking.opened_store import Store
 from xorexp.tracking.tags import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, TAG_HOST, TAG_PID
 from xorexp.tracking.uri import (
     ARTIFACTS_DIR,
@@ -34,16 +34,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Store:
-    """An opened tracking store and the experiment runs go to."""
-
-    uri: str
-    experiment_id: str
-    client: MlflowClient
-    stale_runs: list[str] = field(default_factory=list)  # marked KILLED on opening (clean_stale=True)
 
 
 def check_store(uri: str, *, create: bool = True, experiment: str = "Default") -> None:
@@ -222,10 +212,7 @@ def close_engines() -> None:
     file and removes ``-wal``/``-shm``. Called at exit (``xorexp.subprocesses.quick_teardown``) and
     before the launcher's workers are forked (``xorexp.subprocesses.worker_context``): the next use
     opens a new connection."""
-    module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
-    if module is None:  # MLflow's SQL store never loaded: no engine
-        return
-    for engine in list(module.SqlAlchemyStore._engine_map.values()):
+    for engine in compat_mlflow.sql_engines():
         try:
             engine.dispose()
         except Exception:

@@ -115,12 +115,9 @@ def check_uri(uri: str) -> None:
 
 def _mlflow_schemes() -> set[str]:
     """The URI schemes MLflow has a tracking store for (its own and its plugins')."""
-    try:
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from xorexp.compat.mlflow import tracking_schemes
 
-        return set(_tracking_store_registry._registry)
-    except (ImportError, AttributeError):  # MLflow's internals moved: let MLflow judge the URI
-        return {"*"}
+    return tracking_schemes()
 
 
 def os_cause(error: OSError) -> str:
