@@ -162,7 +162,7 @@ def test_a_sweeps_children_read_from_postgres_tables_are_mlflows(postgres, tmp_p
     assert len(fill_and_compare(postgres.create_database("reader"))) == 2
 
 
-def test_database_refusals_are_one_line_in_seconds(postgres, tmp_path):
+def test_database_refusals_are_one_line(postgres, tmp_path):
     missing = postgres.uri("nope").replace("postgres@", "postgres:s3cret@")
     proc = run_cli(tmp_path, f"iterations={ITERATIONS}", f"tracking.uri={missing}", timeout=60)
     assert proc.returncode == 2

@@ -117,7 +117,9 @@ def test_a_store_failure_in_one_task_keeps_what_the_tasks_ended_with_it(tmp_path
     """Two tasks end in the same wait, one stopped by a failing store: the other's jobs still get
     their files on this machine and their ends reported before the sweep stops."""
     monkeypatch.chdir(tmp_path)
-    jobs = [_job_runner.Job(idx, [f"seed={idx}"], Planned([], RunSpec(seed=idx, iterations=10))) for idx in (0, 1)]
+    jobs = [
+        _job_runner.Job(idx, [f"seed={idx}"], Planned([], RunSpec(seed=idx, iterations=10))) for idx in (0, 1)
+    ]
     job_dir = tmp_path / "multirun" / "1"
     ended_on_another_machine = [(1, "return of job 1", [("solved", False, None)], str(job_dir),
                                  {".hydra/overrides.yaml": b"- seed=1\n"})]

@@ -233,7 +233,7 @@ def test_too_little_room_for_a_new_store_is_one_line_and_nothing_made(mode, moun
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [SINGLE, SWEEP], ids=["single", "sweep"])
-def test_a_locked_store_is_refused_in_one_line_within_seconds(mode, template, tmp_path):
+def test_a_locked_store_is_refused_in_one_line(mode, template, tmp_path):
     shutil.copy(template / "mlflow.db", tmp_path / "mlflow.db")
     hold = (
         "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
@@ -472,5 +472,5 @@ def test_a_disk_that_fills_during_a_single_run_ends_in_one_line(template, mounts
     os.truncate(tmp_path / "full" / "filler", os.path.getsize(tmp_path / "full" / "filler") - 64 * 1024)
     proc = run_cli(tmp_path, *SINGLE, f"tracking.uri={store_uri(tmp_path / 'full')}", timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr  # the store failed
     assert len(lines) == 1 and lines[0].startswith("xorexp:") and "full" in lines[0]

@@ -49,7 +49,7 @@ def exit_with_parent(parent_pid: int) -> None:
 def quick_teardown() -> None:
     """At this process's exit, after every atexit handler registered later (call it first thing):
     close the stores' SQL connections, then freeze the garbage collector. The interpreter's teardown
-    otherwise walks the object graphs MLflow and SQLAlchemy built at import (~1 s of every command
+    otherwise walks the object graphs MLflow and SQLAlchemy built at import (a second of every command
     and of every worker's end that the sweep waits for, measured); frozen, the cyclic garbage is
     left to the process's end. Files are flushed and closed by their owners' own handlers before
     (logging's shutdown, the standard streams), the stores' connections here."""
@@ -67,7 +67,7 @@ def quick_teardown() -> None:
 def worker_context() -> BaseContext:
     """How the launcher's workers start. Forked when this process runs no other thread: a worker then
     begins with what this process has imported and opened (Hydra, MLflow, the store), instead of a new
-    interpreter importing them again (~2.5 s of CPU a worker, measured in benchmarks/bench_sweep.py).
+    interpreter importing them again (seconds of CPU a worker: benchmarks/README.md).
     Spawned otherwise: a fork copies a lock another thread may hold at that moment, never released in
     the child. Before a fork, the stores' SQL connections are closed (``close_engines``): none crosses
     into a child, where closing or using it would act on this process's database session."""

@@ -12,7 +12,7 @@ process meanwhile, chunk after chunk, each chunk's results sent as soon as it is
 
 Once all its runs are trained, the child renders their plots (``chunks.render_run_plots``, the same
 bytes in any process) while it is left to run: a short sweep's store opens for longer than its
-training takes, and every run's plots rendered there are ~15 ms of work less for the workers. A
+training takes, and every run's plots rendered there are work less for the workers. A
 result comes with its plots where the child sent them (``(result, pngs)``, as a launcher hands
 them to a job); a run whose plots the child could not render (or not yet) has them rendered by its
 job, as without this module.
@@ -62,9 +62,9 @@ log = logging.getLogger(__name__)
 
 MIN_RUNS = 16  # the vectorized launcher's MIN_RUNS_FOR_WORKERS: from there on, its workers train
 CHUNK = 64  # runs per chunk the child trains and sends at most: what is ready when workers start
-MAX_RUNS = 1000  # the first runs of a bigger sweep only: ~41 kB of specs, within a pipe's buffer (the
+MAX_RUNS = 1000  # the first runs of a bigger sweep only: their specs fit a pipe's buffer (the
 # launching process never waits to hand them over), and more than its workers' start leaves time for
-PLOT_CHUNK = 8  # runs per frame of plots (~0.4 MB)
+PLOT_CHUNK = 8  # runs per frame of plots
 FRAME = struct.Struct("<Q")  # a frame's length, before its pickle
 POLL_S = 0.01  # how often the launching process looks for a frame it waits for
 LAUNCHER = "hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher.VectorizedLauncher"

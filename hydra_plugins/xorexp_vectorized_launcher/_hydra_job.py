@@ -5,7 +5,7 @@
 ``hydra.job.env_set``, the callbacks' ``on_job_start``/``on_job_end``, the task function, and a
 ``JobReturn`` with status, return value, working dir, task name, cfg and hydra_cfg (for a job derived
 from its shape's template, the whole job config, whose ``hydra`` node is the one Hydra would give).
-What it does not do per job (about 40 ms of Hydra's ~60 ms outside the task, measured with cProfile):
+What it does not do per job (most of Hydra's time outside the task: benchmarks/README.md):
 
 - copy the job's config three times (two ``copy.deepcopy`` and ``HydraConfig.set_config``'s masked
   copy, twice): ``JobConfigs`` come made, from a per-shape template (see ``_compose``);
@@ -17,7 +17,7 @@ What it does not do per job (about 40 ms of Hydra's ~60 ms outside the task, mea
   and points the configured log files at each job's, unless anything else in the config differs;
 - parse the same interpolations again: OmegaConf parses an interpolation's text with its ANTLR
   grammar each time it resolves it (``hydra.sweep.dir``, ``hydra.sweep.subdir``, the log file's
-  name: ~0.1-0.5 ms each, several per job); ``memoize_interpolation_parsing`` keeps the parse trees.
+  name: several per job); ``memoize_interpolation_parsing`` keeps the parse trees.
 """
 
 from __future__ import annotations
@@ -78,19 +78,19 @@ def _rendered(path: tuple[str, ...], value: Any) -> str:
 
 
 KEPT_TEXTS = 4096  # slot texts a process keeps, per distinct (keys, value): a grid repeats its values
-_kept: dict[tuple, str] = {}
+_texts_by_value: dict[tuple, str] = {}
 _PLAIN = (str, int, float, type(None))  # scalars: a scalar's text depends on itself and its key alone
 
 
-def _kept_text(path: tuple[str, ...], value: Any) -> str:
+def _text_for_value(path: tuple[str, ...], value: Any) -> str:
     """``_rendered(path, value)``, kept per value (its type and repr: 1 and 1.0, -0.0 and 0.0 differ)."""
     key = (path, type(value), repr(value))
-    text = _kept.get(key)
+    text = _texts_by_value.get(key)
     if text is None:
         text = _rendered(path, value)
-        if len(_kept) >= KEPT_TEXTS:
-            _kept.clear()
-        _kept[key] = text
+        if len(_texts_by_value) >= KEPT_TEXTS:
+            _texts_by_value.clear()
+        _texts_by_value[key] = text
     return text
 
 
@@ -105,9 +105,9 @@ def _slot_text(path: tuple[str, ...], value: Any) -> str:
     by YAML's block sequence, at the same column: each item's text depends on that item alone).
     Anything else is dumped."""
     if _scalar(value):
-        return _kept_text(path, value)
+        return _text_for_value(path, value)
     if type(value) is list and value and all(_scalar(item) for item in value):
-        items = [_kept_text(path, [item]) for item in value]
+        items = [_text_for_value(path, [item]) for item in value]
         head = items[0][: items[0].index("\n") + 1] if path else ""
         return head + "".join(item[len(head) :] for item in items)
     return _rendered(path, value)
@@ -224,7 +224,7 @@ class JobConfigs:
 
     A job derived from its shape's template has no ``hydra`` of its own (None): HydraConfig gets
     ``config`` itself, whose ``hydra`` node is the same, and its hydra.yaml comes from the template;
-    that spares unpickling a second copy of the hydra node per job (~40 % of making the configs)."""
+    that spares unpickling a second copy of the hydra node per job."""
 
     config: DictConfig
     task: DictConfig
@@ -268,7 +268,7 @@ class JobLogs:
         key = repr((resolved, plain_verbose))
         if key == self.key and set(self.files) == set(filenames):
             for name, filename in filenames.items():
-                _point(self.files[name], filename)
+                _repoint_file_handler(self.files[name], filename)
             return
         self.reset()
         configure_log(job_logging, verbose)
@@ -285,7 +285,7 @@ def _handlers_named(names: set[str]) -> dict[str, logging.Handler]:
     return {h.name: h for logger in loggers for h in logger.handlers if h.name in names}
 
 
-def _point(handler: logging.FileHandler, filename: str) -> None:
+def _repoint_file_handler(handler: logging.FileHandler, filename: str) -> None:
     """``handler`` writes to ``filename`` from now on (the previous file is closed)."""
     path = os.path.abspath(filename)
     handler.acquire()

@@ -155,7 +155,7 @@ class JobRunner:
                 ret = _hydra_job.run_job(self.hydra_context, self.task_function, configs, self.logs)
             self.output_dir = str(configs.config.hydra.runtime.output_dir)
         # A sweep keeps every job's JobReturn until it ends (up to config.MAX_JOBS of them): with its
-        # two configs, ~250 kB each (a 10,000-run sweep's launching process peaked at 2.8 GB). An
+        # two configs each (a 10,000-run sweep's launching process would hold gigabytes). An
         # xorexp job's configs are in its job dir (.hydra/) and its run already, and its callbacks have
         # had them (on_job_end ran); sweepers read its status and return value.
         ret.cfg = None

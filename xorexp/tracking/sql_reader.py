@@ -1,6 +1,6 @@
 """Reading a sweep's runs straight from an SQL store's tables (sqlite, PostgreSQL), for its summary.
 
-MLflow's ``search_runs`` builds a full ``Run`` entity per run through its ORM: ~1 ms a run, ~1 s of
+MLflow's ``search_runs`` builds a full ``Run`` entity per run through its ORM: a second of
 a 1,000-run sweep's end spent in the launching process alone, while the summary reads five things
 of each run. ``sweep_children`` reads the same rows with four plain queries on MLflow's own tables
 (the ones ``sql_writer`` writes), for the runs ``search_runs`` would return (the parent's children,

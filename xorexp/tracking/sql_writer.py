@@ -1,7 +1,7 @@
 """Writing a run straight into an SQL store's tables (sqlite, PostgreSQL): the rows MLflow's own
 calls would write, in two short transactions instead of MLflow's ORM round trips.
 
-MLflow's ``create_run`` + ``log_batch`` + ``set_terminated`` on an SQL store cost ~40 ms of
+MLflow's ``create_run`` + ``log_batch`` + ``set_terminated`` on an SQL store cost tens of ms of
 SQLAlchemy ORM work per run and hold sqlite's write lock across it (``log_batch`` alone opens one
 session per kind of value). A run written here is two transactions of plain inserts on MLflow's
 own tables (``mlflow.store.tracking.dbmodels``), with MLflow's own validation of the values:
