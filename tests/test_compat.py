@@ -26,6 +26,8 @@ from xorexp.compat import matplotlib as compat_matplotlib
 from xorexp.compat import mlflow as compat_mlflow
 from xorexp.train import RunSpec, train
 
+pytestmark = pytest.mark.floor  # the contracts must hold on the lowest supported set too
+
 SOURCES = [p for folder in ("xorexp", "hydra_plugins") for p in sorted((ROOT / folder).rglob("*.py"))]
 OWN_PACKAGES = {"xorexp", "hydra_plugins"}
 PUBLIC_BY_DOCUMENTATION = {"_exit"}  # os._exit is documented, public API
