@@ -135,3 +135,26 @@ def store_snapshot(directory: Path, uri: str | None = None, filter_string: str =
             "artifacts": artifacts,
         }
     return out
+
+
+def assert_same_sweep_both_ways(
+    tmp_path: Path, args: tuple[str, ...], env: dict, jobs: int
+) -> tuple[Path, Path]:
+    """Run the sweep ``args`` (with ``hydra.sweep.dir=sweep``) twice, with ``env`` and without it; both
+    end 0 with ``jobs`` FINISHED runs, the same store snapshot and the same ``.hydra`` files (paths
+    apart). Returns the two launch dirs (with ``env``, without)."""
+    switched, plain = tmp_path / "switched", tmp_path / "plain"
+    switched.mkdir()
+    plain.mkdir()
+    a = run_cli(switched, *args, "hydra.sweep.dir=sweep", env=env)
+    b = run_cli(plain, *args, "hydra.sweep.dir=sweep")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    got, expected = store_snapshot(switched), store_snapshot(plain)
+    assert len(got) == jobs and {run["status"] for run in got.values()} == {"FINISHED"}
+    assert snapshot_differences(got, expected) == []
+    for job in range(jobs):
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            relative = Path("sweep") / str(job) / ".hydra" / name
+            text_a, text_b = (switched / relative).read_text(), (plain / relative).read_text()
+            assert text_a.replace(str(switched), "") == text_b.replace(str(plain), ""), relative
+    return switched, plain

@@ -18,7 +18,7 @@ from hydra.core.override_parser.types import IntervalSweep
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT, run_cli, snapshot_differences, store_snapshot
+from tests.conftest import ROOT, assert_same_sweep_both_ways, run_cli
 from xorexp import compat, run_plots
 from xorexp.compat import futures as compat_futures
 from xorexp.compat import hydra as compat_hydra
@@ -363,21 +363,8 @@ def test_a_command_with_an_unimportable_dependency_says_so_in_one_line(tmp_path)
 def test_a_sweep_on_public_paths_only_writes_what_the_internals_write(tmp_path):
     """``XOREXP_PUBLIC_ONLY=all`` (every internal off, as after a release that renamed them all):
     the same runs, the same values, every run FINISHED, the same job files."""
-    args = ("-m", "seed=0,1,2", "lr=0.5,5", "iterations=300", "hydra.sweep.dir=sweep")
-    public, private = tmp_path / "public", tmp_path / "private"
-    public.mkdir()
-    private.mkdir()
-    a = run_cli(public, *args, env={compat.PUBLIC_ONLY_ENV: "all"})
-    b = run_cli(private, *args)
-    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    got, expected = store_snapshot(public), store_snapshot(private)
-    assert len(got) == 6 and {run["status"] for run in got.values()} == {"FINISHED"}
-    assert snapshot_differences(got, expected) == []
-    for job in range(6):
-        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-            relative = Path("sweep") / str(job) / ".hydra" / name
-            text_a, text_b = (public / relative).read_text(), (private / relative).read_text()
-            assert text_a.replace(str(public), "") == text_b.replace(str(private), ""), relative
+    args = ("-m", "seed=0,1,2", "lr=0.5,5", "iterations=300")
+    assert_same_sweep_both_ways(tmp_path, args, {compat.PUBLIC_ONLY_ENV: "all"}, jobs=6)
 
 
 def test_numpy_show_config_in_the_installed_numpy():

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.conftest import run_cli, runs_of, snapshot_differences, store_snapshot, store_uri
+from tests.conftest import assert_same_sweep_both_ways, runs_of, store_uri
 from xorexp import mechanisms
 
 
@@ -41,23 +41,8 @@ def _pixels(directory: Path) -> dict[str, np.ndarray]:
 def test_a_sweep_with_every_speed_up_off_writes_what_it_writes_with_them(tmp_path):
     """20 runs (workers, the child training ahead, the sweep's end in forked children): with all
     mechanisms off, the same runs, values, job files and plot pixels."""
-    args = ("-m", "seed=range(0,10)", "lr=0.5,5", "iterations=300", "hydra.sweep.dir=sweep",
-            "hydra.launcher.n_jobs=2")
-    plain, fast = tmp_path / "plain", tmp_path / "fast"
-    plain.mkdir()
-    fast.mkdir()
-    a = run_cli(plain, *args, env={mechanisms.OFF_ENV: "all"})
-    b = run_cli(fast, *args)
-    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    got, expected = store_snapshot(plain), store_snapshot(fast)
-    assert len(got) == 20 and {run["status"] for run in got.values()} == {"FINISHED"}
-    assert snapshot_differences(got, expected) == []
-    for job in range(20):
-        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-            relative = Path("sweep") / str(job) / ".hydra" / name
-            assert (plain / relative).read_text().replace(str(plain), "") == (
-                fast / relative
-            ).read_text().replace(str(fast), ""), relative
+    args = ("-m", "seed=range(0,10)", "lr=0.5,5", "iterations=300", "hydra.launcher.n_jobs=2")
+    plain, fast = assert_same_sweep_both_ways(tmp_path, args, {mechanisms.OFF_ENV: "all"}, jobs=20)
     pixels_a, pixels_b = _pixels(plain), _pixels(fast)
     assert pixels_a.keys() == pixels_b.keys() and len(pixels_a) > 40  # the sweep's figures too
     for key in pixels_a:  # the sweep's strips are ordered by (random) run ids: not comparable

@@ -291,7 +291,7 @@ class _claim:
     def abandon(self) -> None:
         """The sweep did not start (its lock held): the lock file goes now, the directories made
         for it when the lock is released."""
-        if getattr(self, "take_back", None) is None:  # the claim itself failed: nothing of ours
+        if self.take_back is None:  # the claim itself failed: nothing of ours
             return
         with contextlib.suppress(OSError):
             (self.sweep_dir / LOCK_FILE).unlink()
