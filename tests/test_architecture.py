@@ -61,7 +61,6 @@ LAYER_OF = {
     "xorexp.tracking.reading": TRACKING,
     "xorexp.tracking.writing": TRACKING,
     "xorexp.tracking.artifacts": TRACKING,
-    "xorexp.tracking.sql_reader": TRACKING,
     "xorexp.tracking.sql_writer": TRACKING,
     "xorexp.pyfunc": MODEL,
     "xorexp.provenance": MODEL,

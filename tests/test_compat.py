@@ -283,15 +283,6 @@ def test_nodes_and_parents_through_omegaconfs_internals():
     assert alone.c == 1
 
 
-def test_interpolation_parsing_is_kept_once():
-    from omegaconf import base
-
-    assert compat_hydra.memoize_interpolation_parsing()
-    assert compat_hydra.memoize_interpolation_parsing()  # again: nothing more
-    assert hasattr(base.parse, "cache_info")
-    assert OmegaConf.create({"a": 2, "b": "${a}"}).b == 2
-
-
 def test_a_parser_with_hydras_interval_replaced(monkeypatch):
     def interval(start: int, end: int) -> IntervalSweep:
         return IntervalSweep(start=start, end=end)

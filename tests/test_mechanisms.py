@@ -19,7 +19,7 @@ def test_switches_are_read_from_the_environment(monkeypatch):
     assert all(mechanisms.on(name) for name in mechanisms.MECHANISMS)
     monkeypatch.setenv(mechanisms.OFF_ENV, "glyph_cache, train_ahead")
     assert not mechanisms.on("glyph_cache") and not mechanisms.on("train_ahead")
-    assert mechanisms.on("aside")
+    assert mechanisms.on("png_writer")
     monkeypatch.setenv(mechanisms.OFF_ENV, "all")
     assert not any(mechanisms.on(name) for name in mechanisms.MECHANISMS)
     with pytest.raises(KeyError, match="no mechanism 'nope'"):
@@ -39,7 +39,7 @@ def _pixels(directory: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_a_sweep_with_every_speed_up_off_writes_what_it_writes_with_them(tmp_path):
-    """20 runs (workers, the child training ahead, the sweep's end in forked children): with all
+    """20 runs (workers, the child training ahead): with all
     mechanisms off, the same runs, values, job files and plot pixels."""
     args = ("-m", "seed=range(0,10)", "lr=0.5,5", "iterations=300", "hydra.launcher.n_jobs=2")
     plain, fast = assert_same_sweep_both_ways(tmp_path, args, {mechanisms.OFF_ENV: "all"}, jobs=20)

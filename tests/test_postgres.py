@@ -153,15 +153,6 @@ def test_the_sql_writer_writes_mlflows_rows_on_postgres(postgres, tmp_path, monk
     assert dict(reference["runs"][0])["status"] == "FINISHED"
 
 
-def test_a_sweeps_children_read_from_postgres_tables_are_mlflows(postgres, tmp_path, monkeypatch):
-    """The summary's fast read of a sweep's runs (``sql_reader``) gives MLflow's view on PostgreSQL
-    too (tests/test_sql_reader.py does the same on sqlite)."""
-    from tests.test_sql_reader import fill_and_compare
-
-    monkeypatch.chdir(tmp_path)
-    assert len(fill_and_compare(postgres.create_database("reader"))) == 2
-
-
 def test_database_refusals_are_one_line(postgres, tmp_path):
     missing = postgres.uri("nope").replace("postgres@", "postgres:s3cret@")
     proc = run_cli(tmp_path, f"iterations={ITERATIONS}", f"tracking.uri={missing}", timeout=60)

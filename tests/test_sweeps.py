@@ -163,39 +163,6 @@ def test_a_failing_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path):
     assert failed.info.run_id in proc.stdout  # the summary lists the failed job
 
 
-def test_the_loss_curves_drawn_apart_at_the_sweeps_end_are_the_ones_drawn_here(tmp_path):
-    """The sweep's end draws its loss-curves figure and saves its best run's model in forked children
-    (``xorexp.subprocesses.aside``) while it does the rest: the same PNG as drawn in the launching
-    process (no fork: ``XOREXP_WORKER_START=spawn``), the same model files. When the children raise
-    (fault ``aside``), the launching process does both: same PNG and model, exit 0, parent FINISHED."""
-    faults = str(ROOT / "tests" / "faults")
-    pngs, models = {}, {}
-    for name, env in (
-        ("here", {"XOREXP_WORKER_START": "spawn"}),
-        ("apart", None),
-        ("failed_apart", {"PYTHONPATH": f"{faults}{os.pathsep}{ROOT}", "XOREXP_FAULT": "aside:0"}),
-    ):
-        where = tmp_path / name
-        where.mkdir()
-        proc = run_cli(where, "-m", "lr=0.5,4", "seed=0,1,2", "iterations=700", env=env)
-        assert proc.returncode == 0, proc.stderr
-        [parent] = [run for run in runs_of(where) if run.data.tags.get("xorexp.role") == "sweep"]
-        assert parent.info.status == "FINISHED"
-        artifacts = Path(parent.info.artifact_uri.removeprefix("file://"))
-        pngs[name] = (artifacts / "plots" / "loss_curves.png").read_bytes()
-        assert (artifacts / "plots" / "final_loss_vs_lr.png").stat().st_size > 0
-        best = parent.data.tags["xorexp.best_run_id"]
-        assert parent.data.tags["xorexp.best_model"] == f"runs:/{best}/model"
-        model = artifacts.parent.parent / best / "artifacts" / "model"
-        models[name] = sorted(str(path.relative_to(model)) for path in model.rglob("*"))
-        assert (where / "aside_child_ran").exists() == (name == "failed_apart")
-    assert pngs["here"][:8] == b"\x89PNG\r\n\x1a\n"
-    assert pngs["apart"] == pngs["here"]
-    assert pngs["failed_apart"] == pngs["here"]
-    assert "MLmodel" in models["here"] and "artifacts/params.npz" in models["here"]
-    assert models["apart"] == models["failed_apart"] == models["here"]
-
-
 def on_a_terminal(tmp_path, *args: str, stdout_too: bool = False) -> tuple[int, str]:
     """The CLI with stderr (and stdout) on a pseudo-terminal; its exit status and what the terminal got."""
     master, slave = pty.openpty()

@@ -149,17 +149,17 @@ def _same(a, b) -> bool:
 
 def test_the_child_sends_its_chunks_as_they_are_trained_and_each_run_is_taken_once():
     specs = [RunSpec(lr=lr, seed=seed, iterations=300) for lr in (0.5, 4.0) for seed in range(65)]  # 3 chunks
-    ahead = train_ahead.Ahead(specs, chunk_size=1000, plots=False)
+    ahead = train_ahead.AheadChild(specs, chunk_size=1000, plots=False)
     try:
-        first = ahead.take(specs[:64])  # waits for the chunks holding them only
+        first = ahead.collect(specs[:64])  # waits for the chunks holding them only
         assert all(_same(got, want) for got, want in zip(first, train(specs[:64]), strict=True))
         ahead.proc.wait(60)
         rest = ahead.ready()
         assert set(rest) == set(specs[64:])
         expected = train(specs[64:])
         assert all(_same(rest[spec], result) for spec, result in zip(specs[64:], expected, strict=True))
-        assert ahead.take(specs[:1]) is None  # taken already: the launcher would train it
-        assert ahead.take([RunSpec(lr=0.25, iterations=300)]) is None  # not among the child's
+        assert ahead.collect(specs[:1]) is None  # taken already: the launcher would train it
+        assert ahead.collect([RunSpec(lr=0.25, iterations=300)]) is None  # not among the child's
     finally:
         ahead.stop()
 
@@ -167,13 +167,13 @@ def test_the_child_sends_its_chunks_as_they_are_trained_and_each_run_is_taken_on
 def test_a_child_gone_midway_leaves_what_it_sent_and_the_rest_to_the_launcher():
     quick = [RunSpec(hidden_units=2, lr=0.5, seed=seed, iterations=300) for seed in range(5)]
     endless = [RunSpec(hidden_units=3, lr=0.5, seed=seed, iterations=50_000_000) for seed in range(5)]
-    ahead = train_ahead.Ahead(quick + endless, chunk_size=1000, plots=False)  # two chunks: h differs
+    ahead = train_ahead.AheadChild(quick + endless, chunk_size=1000, plots=False)  # two chunks: h differs
     try:
-        assert ahead.take(quick) is not None
+        assert ahead.collect(quick) is not None
         assert ahead.ready() == {}  # the second chunk is minutes away
         ahead.proc.kill()
         ahead.proc.wait(10)
-        assert ahead.take(endless) is None  # its output ended: no waiting
+        assert ahead.collect(endless) is None  # its output ended: no waiting
         assert ahead.ready() == {}
     finally:
         ahead.stop()
@@ -184,7 +184,7 @@ def test_the_child_trains_everything_while_nobody_reads_and_one_look_takes_it_al
     meanwhile the child trains on, whatever it has written (~2 MB here: a pipe, 64 kB, would have
     stopped it after its first chunk), then renders every run's plots: the bytes a job renders."""
     specs = [RunSpec(lr=0.5, seed=seed, iterations=10_000, trace_every=10) for seed in range(256)]
-    ahead = train_ahead.Ahead(specs, chunk_size=1000)
+    ahead = train_ahead.AheadChild(specs, chunk_size=1000)
     try:
         assert ahead.proc.wait(120) == 0  # all trained, rendered and written, nothing read
         got = ahead.ready()
@@ -209,7 +209,7 @@ def test_a_run_whose_plots_fail_in_the_child_is_left_to_its_job():
         "from xorexp import train_ahead\n"
         "from xorexp.train import RunSpec\n"
         "specs = [RunSpec(lr=0.5, seed=seed, iterations=300) for seed in range(4)]\n"
-        "ahead = train_ahead.Ahead(specs, chunk_size=1000)\n"
+        "ahead = train_ahead.AheadChild(specs, chunk_size=1000)\n"
         "ahead.proc.wait(60)\n"
         "got = ahead.ready()\n"
         "ahead.stop()\n"

@@ -9,10 +9,7 @@ import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
-from omegaconf import OmegaConf, grammar_parser
-from omegaconf import _utils as omegaconf_utils
-from omegaconf import base as omegaconf_base
-from omegaconf.errors import GrammarParseError
+from omegaconf import OmegaConf
 
 from hydra_plugins.xorexp_vectorized_launcher import _hydra_job
 from hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher import VectorizedLauncher
@@ -22,33 +19,6 @@ from xorexp.tracking.tags import ROLE_SWEEP, TAG_PID, TAG_ROLE
 
 def test_discovery():
     assert VectorizedLauncher.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
-
-
-def test_each_interpolation_text_is_parsed_once_and_resolves_as_before(monkeypatch):
-    parsed = []
-
-    def counted(value, *args, **kwargs):
-        parsed.append(value)
-        return real_parse(value, *args, **kwargs)
-
-    real_parse = grammar_parser.parse
-    for module in (grammar_parser, omegaconf_base, omegaconf_utils):
-        monkeypatch.setattr(module, "parse", counted)  # put back after the test
-    cfg = OmegaConf.create({"num": 7, "dir": "runs/${num}", "log": "${dir}/${oc.env:XOREXP_TEST_NAME}.log"})
-    monkeypatch.setenv("XOREXP_TEST_NAME", "job")
-    _hydra_job.memoize_interpolation_parsing()
-    kept = omegaconf_base.parse
-    _hydra_job.memoize_interpolation_parsing()  # a second call changes nothing
-    assert omegaconf_base.parse is kept and omegaconf_utils.parse is kept and kept is not counted
-
-    assert [cfg.log for _ in range(5)] == ["runs/7/job.log"] * 5
-    cfg.num = 8  # values change, texts do not: resolved anew from the kept trees
-    monkeypatch.setenv("XOREXP_TEST_NAME", "other")
-    assert cfg.log == "runs/8/other.log" and OmegaConf.select(cfg, "dir") == "runs/8"
-    assert sorted(parsed) == ["${dir}/${oc.env:XOREXP_TEST_NAME}.log", "runs/${num}"]
-    for _ in range(2):  # a text that does not parse fails every time, as without the kept trees
-        with pytest.raises(GrammarParseError):
-            OmegaConf.create({"bad": "x/${num"})
 
 
 # override lines and values YAML writes in every style: plain, quoted, escaped, wrapped, typed

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from xorexp import compat, sweep
 from xorexp.config import register, to_run_spec
 from xorexp.errors import BAD_INPUT, FAILED, Abort, ConfigError, Interrupted, fail, say, unwrapped
-from xorexp.job import handed, run_tracked
+from xorexp.job import current_handover, run_tracked
 from xorexp.subprocesses import quick_teardown
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ register()
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """The task function: one job. Under the vectorized launcher the job's spec comes checked with
-    the launcher's handover (``job.handed``); otherwise (a single run, another launcher) it is
+    the launcher's handover (``job.current_handover``); otherwise (a single run, another launcher) it is
     checked here, once."""
-    handover = handed()
+    handover = current_handover()
     if handover is not None:
         return run_tracked(cfg, handover.spec, handover)
     try:

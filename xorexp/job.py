@@ -74,7 +74,7 @@ _handover: ContextVar[Handover | None] = ContextVar("xorexp_handover", default=N
 
 @contextmanager
 def handing_over(handover: Handover) -> Iterator[None]:
-    """The launcher's side: while inside, the job run in this context gets ``handover`` (``handed``)."""
+    """The launcher's side: while inside, ``current_handover()`` in this context gives ``handover``."""
     token = _handover.set(handover)
     try:
         yield
@@ -82,7 +82,7 @@ def handing_over(handover: Handover) -> Iterator[None]:
         _handover.reset(token)
 
 
-def handed() -> Handover | None:
+def current_handover() -> Handover | None:
     """The job's side (its task function): what the launcher handed over, None for a job run without."""
     return _handover.get()
 

@@ -10,15 +10,12 @@ OFF_ENV = "XOREXP_OFF"
 
 MECHANISMS = {
     "train_ahead": "a child process trains a small grid sweep while the store opens (xorexp.train_ahead)",
-    "aside": "the sweep's end draws its figure and saves its best model in forked children",
     "glyph_cache": "run titles drawn from kept glyph bitmaps (xorexp.compat.matplotlib.GlyphCache)",
     "png_writer": "run plots encoded by xorexp (run_plots.encode_png) instead of matplotlib's PNG writer",
     "yaml_templates": "a job's .hydra YAML files written from its shape's template, not dumped whole",
     "run_job_copy": "jobs run by the launcher's copy of Hydra's run_job with configs made per shape",
     "sql_writer": "runs written straight into an SQL store's tables (xorexp.tracking.sql_writer)",
-    "sql_reader": "a sweep's runs read straight from an SQL store's tables (xorexp.tracking.sql_reader)",
     "background": "runs' requests to a tracking server in flight while the next jobs run",
-    "interpolation_cache": "OmegaConf parses each interpolation text once per process",
     "quick_teardown": "a process ends without walking the object graphs MLflow built at import",
 }
 

@@ -1,23 +1,18 @@
 """A sweep's end: its summary across seeds printed and logged on the parent run (metrics, the best
 group's values as tags, the description, ``summary.csv``, the figures, the best run's MLflow model),
 then the parent ended FINISHED, or FAILED when any job failed.
-
-The best run's model and the costliest figure are made in forked children meanwhile
-(``subprocesses.aside``); either falls back to being made here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from xorexp import subprocesses, summary, sweep_records, sweep_text
+from xorexp import summary, sweep_records, sweep_text
 from xorexp.tracking import artifacts, reading, writing
 from xorexp.tracking.tags import (
     MODEL_NAME,
@@ -43,8 +38,7 @@ class BestModel:
     """The sweep's best run's MLflow model, made from its ``model/params.npz``: the model directory
     saved (``save``: the params read from the store, then MLflow's ``save_model``, costly the first
     time in a process, most of it MLflow checking the environment's packages), then logged to the
-    run (``log``). ``save`` may run in a forked child (its reads open their own connection).
-    Whatever fails is a warning: the sweep's parent then names no model."""
+    run (``log``). Whatever fails is a warning: the sweep's parent then names no model."""
 
     PRESENT = "present"  # ``save``'s answer when the run has its model already
 
@@ -71,10 +65,9 @@ class BestModel:
             log.warning("could not log the model of best run %s", self.run_id, exc_info=True)
             return None
 
-    def log(self, saving: subprocesses.Aside | None = None) -> bool:
-        """Log the model saved by the child ``saving`` (saved here if there is none or it failed);
-        whether the run has a model."""
-        saved = subprocesses.made_aside(saving, self.save)
+    def log(self) -> bool:
+        """Save the model and log it; whether the run has a model."""
+        saved = self.save()
         if saved is None or saved == self.PRESENT:
             return saved is not None
         try:
@@ -109,43 +102,36 @@ def finish_sweep(
     metrics: dict[str, float] = {"runs": float(len(records)), "failed_jobs": float(failed)}
     tags = {TAG_REUSED: str(len(reused_ids))}
     best = groups[0] if groups and groups[0].n_seeds else None
-    makers, apart = {}, {}
+    figures = {}
     if records:
         from xorexp import sweep_plots  # matplotlib: loaded when a sweep ends, not by every command
 
         makers = sweep_plots.sweep_figure_makers(
             groups, records, sweep_records.loss_curves(store, groups, traces)
         )
-        if sweep_plots.LOSS_CURVES in makers:  # the costliest figure: drawn in a child meanwhile
-            apart[sweep_plots.LOSS_CURVES] = makers.pop(sweep_plots.LOSS_CURVES)
-    model = BestModel(store, best.best_run_id) if best is not None and best.best_run_id else None
-    with contextlib.ExitStack() as children:  # each child is gone when this block is left
-        # the model's saving and the costliest figure, each in a forked child, while the rest is done here
-        saving = drawing = None
-        if model is not None:
-            children.callback(model.tmp.cleanup)
-            saving = children.enter_context(subprocesses.aside(model.save))
-        if apart:
-            drawing = children.enter_context(subprocesses.aside(functools.partial(_pngs, apart)))
-        if best is not None:
-            for name in BEST_METRICS:
-                value = getattr(best, name)
-                if value is not None:
-                    metrics[f"best.{name}"] = float(value)
-            tags[TAG_BEST_RUN] = best.best_run_id or ""
-            tags.update({f"{TAG_BEST_PREFIX}{key}": sweep_text.group_value(best, key) for key in best.params})
-        tags[TAG_NOTE] = sweep_text.sweep_description(store.experiment_id, groups)
-        figures = _pngs(makers) if makers else {}
-        drawn = subprocesses.made_aside(drawing, functools.partial(_pngs, apart)) if apart else {}
-        if model is not None and model.log(saving):
-            tags[TAG_BEST_MODEL] = f"runs:/{model.run_id}/{MODEL_NAME}"
+        figures = {path: sweep_plots.png(make()) for path, make in makers.items()}
+    if best is not None:
+        for name in BEST_METRICS:
+            value = getattr(best, name)
+            if value is not None:
+                metrics[f"best.{name}"] = float(value)
+        tags[TAG_BEST_RUN] = best.best_run_id or ""
+        tags.update({f"{TAG_BEST_PREFIX}{key}": sweep_text.group_value(best, key) for key in best.params})
+    tags[TAG_NOTE] = sweep_text.sweep_description(store.experiment_id, groups)
+    if best is not None and best.best_run_id:
+        model = BestModel(store, best.best_run_id)
+        try:
+            if model.log():
+                tags[TAG_BEST_MODEL] = f"runs:/{model.run_id}/{MODEL_NAME}"
+        finally:
+            model.tmp.cleanup()
     writing.log_to_run(
         store,
         parent_run_id,
         metrics=metrics,
         tags=tags,
         files={"summary.csv": summary.to_csv(groups), REUSED_ARTIFACT: json.dumps(reused_ids)},
-        blobs={**figures, **drawn},
+        blobs=figures,
     )
     status = "FAILED" if failed else "FINISHED"
     writing.finish_run(store, parent_run_id, status)
@@ -156,9 +142,3 @@ def finish_sweep(
         print(f"best: run {best.best_run_id} ({config}; {rate})", flush=True)
     return failed
 
-
-def _pngs(makers: Mapping[str, Any]) -> dict[str, bytes]:
-    """Each figure made and written as PNG bytes, by artifact path."""
-    from xorexp import sweep_plots
-
-    return {path: sweep_plots.png(make()) for path, make in makers.items()}

@@ -5,7 +5,7 @@ store's migrations take seconds on one of the machine's cores, while the other c
 do. ``start`` (called by ``Sweep.start`` before the store opens) trains the grid's runs in a child
 process meanwhile, chunk after chunk, each chunk's results sent as soon as it is trained:
 
-- a sweep of fewer than ``MIN_RUNS`` jobs (no workers: the launching process runs them) ``take``s a
+- a sweep of fewer than ``MIN_RUNS`` jobs (no workers: the launching process runs them) ``collect``s a
   batch's results from the child, waiting for them, instead of training the batch itself;
 - a sweep with workers takes what the child has trained when it starts them (``ready``, without
   waiting) and stops the child: the workers train only the runs missing from it.
@@ -24,7 +24,7 @@ Only a speculation, never needed for correctness: the grid's specs are derived h
 config (its values and the sweep's swept values), and a result is used only for a spec among them;
 a run's numbers depend only on its spec (``train``: bit-identical whatever the batch or process, as
 the worker processes already rely on). Whatever goes wrong with the child (it cannot start, dies,
-or its training raises), ``take`` returns None and ``ready`` what came before, and the launcher
+or its training raises), ``collect`` returns None and ``ready`` what came before, and the launcher
 trains the rest itself, as without this module: a training error then happens there and fails the
 jobs as usual. Nothing of this is shown (debug log lines only): the sweep's output and store are
 the same either way. The child is stopped when the sweep ends, however it ends; it ignores Ctrl-C
@@ -71,9 +71,9 @@ LAUNCHER = "hydra_plugins.xorexp_vectorized_launcher.vectorized_launcher.Vectori
 SWEEPER = "hydra_plugins.xorexp_grid_sweeper.xorexp_grid_sweeper.XorexpGridSweeper"
 STOP_WAIT_S = 2.0  # how long a stopped child gets before it is killed
 
-_running: Ahead | None = None
+_running: AheadChild | None = None
 
-Known = RunResult | tuple[RunResult, dict[str, bytes]]  # a result, with its plots if rendered ahead
+AheadResult = RunResult | tuple[RunResult, dict[str, bytes]]  # a result, with its plots if rendered ahead
 
 
 def grid_specs(config: Any) -> list[RunSpec] | None:
@@ -103,7 +103,7 @@ def grid_specs(config: Any) -> list[RunSpec] | None:
     return specs if len(specs) == total else None
 
 
-def start(config: Any) -> Ahead | None:
+def start(config: Any) -> AheadChild | None:
     """Start training a grid sweep's runs in a child process (None: not such a sweep, or the child
     could not start: the launcher then trains as usual). ``stop`` ends it."""
     global _running
@@ -117,7 +117,7 @@ def start(config: Any) -> Ahead | None:
     if not specs:
         return None
     try:
-        ahead = Ahead(specs[:MAX_RUNS], int(config.hydra.launcher.chunk_size))
+        ahead = AheadChild(specs[:MAX_RUNS], int(config.hydra.launcher.chunk_size))
     except Exception:
         log.debug("could not start training ahead: the launcher trains", exc_info=True)
         return None
@@ -125,16 +125,16 @@ def start(config: Any) -> Ahead | None:
     return ahead
 
 
-def take(specs: Sequence[RunSpec]) -> list[Known] | None:
+def collect(specs: Sequence[RunSpec]) -> list[AheadResult] | None:
     """The results of ``specs`` (in their order) from the child training ahead, waiting for it, each
     with its plots if the child has sent them already; None if there is none, it does not have them
     all, or it failed (the launcher then trains)."""
     if _running is None:
         return None
-    return _running.take(specs)
+    return _running.collect(specs)
 
 
-def ready() -> dict[RunSpec, Known]:
+def ready() -> dict[RunSpec, AheadResult]:
     """What the child training ahead has sent so far, without waiting (empty if there is none): each
     run's result, with its plots if it sent them."""
     if _running is None:
@@ -150,7 +150,9 @@ def stop() -> None:
         ahead.stop()
 
 
-class Ahead:
+class AheadChild:
+    """The child process training a sweep's first runs, and what it has sent back so far."""
+
     def __init__(self, specs: list[RunSpec], chunk_size: int, plots: bool = True) -> None:
         self.specs = set(specs)
         self.results: dict[RunSpec, RunResult] = {}
@@ -176,7 +178,8 @@ class Ahead:
             pass
         log.debug("training %d runs ahead in process %d", len(specs), self.proc.pid)
 
-    def take(self, specs: Sequence[RunSpec]) -> list[Known] | None:
+    def collect(self, specs: Sequence[RunSpec]) -> list[AheadResult] | None:
+        """Wait for the results of ``specs`` and hand them over once (see the module's ``collect``)."""
         if not all(spec in self.specs and spec not in self.taken for spec in specs):
             return None
         self._warm_up()
@@ -185,18 +188,18 @@ class Ahead:
         if not all(spec in self.results for spec in specs):
             return None
         self._receive(wait=False)  # plots sent meanwhile
-        found = [self._known(spec) for spec in specs]
+        found = [self._result_of(spec) for spec in specs]
         for spec in specs:  # kept once only (a sweep's jobs take each run once)
             self.results.pop(spec, None)
             self.plots.pop(spec, None)
             self.taken.add(spec)
         return found
 
-    def ready(self) -> dict[RunSpec, Known]:
+    def ready(self) -> dict[RunSpec, AheadResult]:
         self._receive(wait=False)
-        return {spec: self._known(spec) for spec in self.results}
+        return {spec: self._result_of(spec) for spec in self.results}
 
-    def _known(self, spec: RunSpec) -> Known:
+    def _result_of(self, spec: RunSpec) -> AheadResult:
         result = self.results[spec]
         return (result, self.plots[spec]) if spec in self.plots else result
 

@@ -84,7 +84,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             returns = {}
             for members in plan_batches([job.spec for job in trainable], chunk_size):
                 batch = [trainable[i] for i in members]
-                known = train_ahead.take([job.spec for job in batch])
+                known = train_ahead.collect([job.spec for job in batch])
                 returns.update(runner.run_all(batch, train_batch(batch, known)))
         for job in jobs:
             if job.spec is None:

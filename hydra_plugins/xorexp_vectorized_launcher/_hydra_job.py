@@ -14,10 +14,7 @@ What it does not do per job (most of Hydra's time outside the task: benchmarks/R
   keys of the task config) and fills them per job from texts kept per value (checked against a full
   dump); ``overrides.yaml`` too is written from texts kept per override;
 - configure logging with ``logging.config.dictConfig``: ``JobLogs`` configures it once per process
-  and points the configured log files at each job's, unless anything else in the config differs;
-- parse the same interpolations again: OmegaConf parses an interpolation's text with its ANTLR
-  grammar each time it resolves it (``hydra.sweep.dir``, ``hydra.sweep.subdir``, the log file's
-  name: several per job); ``memoize_interpolation_parsing`` keeps the parse trees.
+  and points the configured log files at each job's, unless anything else in the config differs.
 """
 
 from __future__ import annotations
@@ -48,8 +45,6 @@ from omegaconf import (
 )
 
 from xorexp.compat import hydra as compat_hydra
-
-memoize_interpolation_parsing = compat_hydra.memoize_interpolation_parsing
 
 log = logging.getLogger(__name__)
 

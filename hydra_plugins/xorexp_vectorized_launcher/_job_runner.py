@@ -74,8 +74,6 @@ class JobRunner:
     launcher's logging back)."""
 
     def __init__(self, hydra_context, task_function, composer: Composer) -> None:
-        if mechanisms.on("interpolation_cache"):
-            _hydra_job.memoize_interpolation_parsing()
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.composer = composer

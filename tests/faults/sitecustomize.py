@@ -14,9 +14,6 @@ commas); a chunk of runs that holds SEED then meets the fault:
 - ``slow``: training takes 2 s longer (to interrupt a sweep mid-way);
 - ``plot``: rendering the run's plots raises (in whichever process renders them);
 - ``summary:0``: the sweep's summary at its end raises;
-- ``aside:0``: the sweep's figure drawn and its best model saved in forked children at its end
-  (``xorexp.subprocesses.aside``) raise there, after writing ``aside_child_ran`` in the current
-  directory (the launching process then does both);
 - ``twice``: the run is created twice, the first one left RUNNING and unknown to its job (as when a
   server commits a create_run whose answer times out, and MLflow's client sends it again);
 - ``created``, ``logged``: a worker process dies (as if killed) right after the run's creation, or its
@@ -142,28 +139,6 @@ if _faults:
             return _real_ready()
 
         _train_ahead.ready = _ready
-
-    if any(kind == "aside" for kind, _, _ in _faults):
-        import xorexp.sweep_end as _sweep_end
-
-        _real_pngs = _sweep_end._pngs
-
-        def _pngs(makers):
-            if os.getpid() != _STARTED_PID:
-                open("aside_child_ran", "w").close()
-                raise RuntimeError("injected: no figure drawn in a forked child")
-            return _real_pngs(makers)
-
-        _sweep_end._pngs = _pngs
-        _real_save = _sweep_end.BestModel.save
-
-        def _save(self):
-            if os.getpid() != _STARTED_PID:
-                open("aside_child_ran", "w").close()
-                raise RuntimeError("injected: no model saved in a forked child")
-            return _real_save(self)
-
-        _sweep_end.BestModel.save = _save
 
     if any(kind == "summary" for kind, _, _ in _faults):
         import xorexp.sweep_end as _sweep_end

@@ -3,14 +3,13 @@ the public path it falls back to."""
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import DictConfig, OmegaConf, grammar_parser
+from omegaconf import DictConfig, OmegaConf
 
 from xorexp.compat import Unsupported, describe, private_ok
 
@@ -87,27 +86,6 @@ def set_parent(node: DictConfig, parent: DictConfig) -> bool:
     if not callable(method) or not private_ok("omegaconf"):
         return False
     method(parent)
-    return True
-
-
-PARSES_KEPT = 1024  # distinct interpolation texts whose parse trees a process keeps
-
-
-def memoize_interpolation_parsing() -> bool:
-    """From now on, this process's OmegaConf parses each distinct interpolation text once
-    (``omegaconf.base.parse``, ``omegaconf._utils.parse`` pointed at a cache of
-    ``grammar_parser.parse``); False (nothing changed) for another OmegaConf than the one this was
-    written for. The tree depends on the text alone and visiting it changes nothing."""
-    from omegaconf import _utils, base
-
-    if not private_ok("omegaconf"):
-        return False
-    original = grammar_parser.parse
-    if getattr(base, "parse", None) is not original or getattr(_utils, "parse", None) is not original:
-        return hasattr(getattr(base, "parse", None), "cache_info")  # done already
-    kept = functools.lru_cache(maxsize=PARSES_KEPT)(original)
-    base.parse = kept
-    _utils.parse = kept
     return True
 
 

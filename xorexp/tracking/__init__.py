@@ -13,7 +13,6 @@ writing``), and none of them imports MLflow before it talks to a store:
 - ``artifacts``: a run's files as its artifacts, in one upload;
 - ``sql_writer``: a run's rows written straight into an SQL store's tables;
 - ``reading``: runs, loss traces and artifacts read back;
-- ``sql_reader``: a sweep's runs read straight from an SQL store's tables.
 
 A run's params, config hash and name are ``xorexp.params``; its provenance and MLflow model are
 added by ``xorexp.run_logging`` (the Model layer), which writes through ``writing``.

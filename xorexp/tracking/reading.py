@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xorexp.params import config_hash
-from xorexp.tracking import sql_reader
 from xorexp.tracking.tags import ROLE_SWEEP, TAG_HASH, TAG_JOB, TAG_PARENT, TAG_ROLE
 from xorexp.train import RunSpec
 
@@ -78,12 +77,8 @@ def search_all(store: Store, filter_string: str) -> list:
 
 def sweep_children(store: Store, parent_run_id: str) -> list:
     """Every run whose parent is ``parent_run_id``: its run id, status, params, tags and latest
-    metrics, with the attribute names of mlflow Run objects (read from an SQL store's tables
-    directly, ``sql_reader``; from MLflow's ``search_runs`` otherwise)."""
-    runs = sql_reader.sweep_children(store, parent_run_id)
-    if runs is None:
-        runs = search_all(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
-    return runs
+    metrics (mlflow Run objects)."""
+    return search_all(store, f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
 
 
 def running_children(store: Store, parent_run_id: str) -> list:

@@ -208,11 +208,6 @@ def writer_for(store: Store) -> SqlRunWriter | None:
     return _writer(store.uri, store.experiment_id) if mechanisms.on("sql_writer") else None
 
 
-def tables_for(store: Store) -> SqlRunWriter | None:
-    """The store's engine and MLflow's tables (a writer's), for reading; None as ``writer_for``."""
-    return _writer(store.uri, store.experiment_id) if mechanisms.on("sql_reader") else None
-
-
 @functools.lru_cache(maxsize=8)
 def _writer(uri: str, experiment_id: str) -> SqlRunWriter | None:
     from xorexp.tracking.uri import store_kind
