@@ -61,6 +61,15 @@ def local_snapshot(tmp_path_factory):
     return store_snapshot(where)
 
 
+def test_this_module_runs_on_one_xdist_worker(request):
+    """Under ``--dist loadgroup`` xdist tags each test of the group (its node id ends ``@group``): the
+    module's tests then share one worker, one Ray cluster and one server. A pytest whose node ids
+    drop the tag splits them silently, each worker starting its own (pytest 9.2 with xdist 3.8)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run by pytest-xdist with --dist loadgroup")
+    assert request.node.nodeid.endswith("@test_ray_launcher"), request.node.nodeid
+
+
 def test_address_parsing():
     assert _host_port("127.0.0.1:6379") == ("127.0.0.1", 6379)
     assert _host_port("ray://head.example:10001") == ("head.example", 10001)
