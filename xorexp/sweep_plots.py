@@ -318,7 +318,7 @@ def sweep_figure_makers(
     records: Sequence[summary.RunRecord],
     curves: Sequence[Sequence[tuple[Any, Any]]] | None = None,
 ) -> dict[str, Callable[[], Figure]]:
-    """``sweep_figures``, each figure made when its function is called (apart: in another process)."""
+    """``sweep_figures``, each made only when its function is called (one at a time at the sweep's end)."""
     if not groups:
         return {}
     gruns = sweep_figure_data.figure_groups(groups, records, curves)
